@@ -46,7 +46,9 @@ class Cli:
         self._sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         self._groups: dict[str, Any] = {}
 
-    def command(self, name: str, handler: Handler, help: str, group: str | None = None) -> argparse.ArgumentParser:
+    def command(
+        self, name: str, handler: Handler, help: str, group: str | None = None
+    ) -> argparse.ArgumentParser:
         if group is None:
             sub = self._sub
         else:
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="On-device voice signal extractor: audio in, coarse consented interest tags out.",
     )
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
     cli = Cli(parser)
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)

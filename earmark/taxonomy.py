@@ -59,7 +59,9 @@ class Taxonomy:
         try:
             return self.nodes[tag_id]
         except KeyError:
-            raise ModelError(f"unknown taxonomy node id {tag_id!r} (taxonomy {self.version})") from None
+            raise ModelError(
+                f"unknown taxonomy node id {tag_id!r} (taxonomy {self.version})"
+            ) from None
 
     def status(self, tag_id: str) -> TagStatus:
         node = self.nodes.get(tag_id)
@@ -93,7 +95,9 @@ def parse_taxonomy(data: dict) -> Taxonomy:
         raise ModelError(f"taxonomy file is malformed: {err!r}") from err
     for node in nodes.values():
         if node.sensitive is not None and node.sensitive not in SENSITIVE_CATEGORIES:
-            raise ModelError(f"taxonomy node {node.id} has unknown sensitive category {node.sensitive!r}")
+            raise ModelError(
+                f"taxonomy node {node.id} has unknown sensitive category {node.sensitive!r}"
+            )
         if node.sensitive is not None and node.targetable:
             raise ModelError(f"taxonomy node {node.id} is both sensitive and targetable")
     return Taxonomy(version=version, nodes=nodes)
@@ -105,7 +109,9 @@ def load_taxonomy(path: str | None = None) -> Taxonomy:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"taxonomy not found at {p}; reinstall earmark or rebuild models/") from None
+        raise ModelError(
+            f"taxonomy not found at {p}; reinstall earmark or rebuild models/"
+        ) from None
     except json.JSONDecodeError as err:
         raise ModelError(f"taxonomy at {p} is not valid JSON: {err}") from err
     return parse_taxonomy(data)

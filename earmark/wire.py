@@ -132,7 +132,9 @@ def _dump(obj: dict[str, Any]) -> bytes:
 
 def topic_for(device_id: str, kind: Kind) -> str:
     if not DEVICE_ID_RE.match(device_id):
-        raise WireError("bad_device_id", f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
+        raise WireError(
+            "bad_device_id", f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}"
+        )
     return f"{TOPIC_PREFIX}/{device_id}/{kind}"
 
 
@@ -180,7 +182,9 @@ def from_dict(obj: Any, tag_check: TagCheck | None = None) -> Message:
     if not isinstance(obj, dict):
         raise WireError("not_object", f"expected a JSON object, got {type(obj).__name__}")
     if obj.get("v") != SCHEMA_VERSION:
-        raise WireError("schema_version", f"v={obj.get('v')!r}, this side speaks v={SCHEMA_VERSION}")
+        raise WireError(
+            "schema_version", f"v={obj.get('v')!r}, this side speaks v={SCHEMA_VERSION}"
+        )
     kind = obj.get("type")
     if kind == "signal_batch":
         return _batch_from_dict(obj, tag_check or _default_tag_check())
@@ -286,7 +290,9 @@ def _deletion_from_dict(obj: dict[str, Any]) -> DeletionRequest:
     window = _int(obj, "requested_window", 0, 2**40)
     if window % 3600:
         raise WireError("bad_value", "requested_window must be a whole hour")
-    return DeletionRequest(device_id=_device_id(obj), seq=_int(obj, "seq", 1, MAX_SEQ), requested_window=window)
+    return DeletionRequest(
+        device_id=_device_id(obj), seq=_int(obj, "seq", 1, MAX_SEQ), requested_window=window
+    )
 
 
 def quantise_weight(x: float) -> float:
