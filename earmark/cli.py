@@ -66,7 +66,7 @@ class Cli:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="earmark",
-        description="On-device voice signal extractor: audio in, coarse consented interest tags out.",
+        description="On-device voice signal extractor: audio in, consented coarse tags out.",
     )
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     parser.add_argument(

@@ -296,7 +296,7 @@ def _deletion_from_dict(obj: dict[str, Any]) -> DeletionRequest:
 
 
 def quantise_weight(x: float) -> float:
-    """Round a score in [0, 1] up to the nearest allowed weight (never 0: absent tags are dropped)."""
+    """Round a score in [0, 1] up to the nearest allowed weight (never 0: absent tags drop)."""
     if not math.isfinite(x):
         raise ValueError(f"weight {x} is not finite")
     steps = max(1, min(len(WEIGHTS), math.ceil(round(x / WEIGHT_STEP, 9))))
