@@ -67,7 +67,7 @@ class ThrottlePolicy:
 
 
 def throttle_for(power: PowerState, policy: ThrottlePolicy = ThrottlePolicy()) -> Throttle:
-    """The throttle level for a power state. Charging lifts the battery limits, not the heat ones."""
+    """The throttle level for a power state; charging lifts the battery limits, not heat."""
     level = Throttle.NORMAL
     temp = power.temperature_c
     if temp is not None:
