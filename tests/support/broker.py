@@ -7,6 +7,7 @@ port and the persistence file, for broker-restart fault tests.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,10 @@ def mosquitto_binary() -> str:
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
     if path is None:
-        raise RuntimeError("mosquitto is not installed: run `make test` (it installs it) or apt-get install mosquitto")
+        raise RuntimeError(
+            "mosquitto is not installed: run `make test` (it installs it)"
+            " or apt-get install mosquitto"
+        )
     return path
 
 
@@ -67,6 +71,9 @@ class Broker:
             f"listener {self.port} {self.host}\n"
             f"persistence_location {self.workdir}/\n"
             f"log_dest file {self.log_path}\n"
+            # as root Mosquitto drops to the `mosquitto` user, which cannot read a private
+            # tmp dir; a test broker stays the user that started it
+            + ("user root\n" if os.geteuid() == 0 else "")
             + self.config_body
         )
         self.proc = subprocess.Popen(
@@ -116,3 +123,85 @@ persistence true
 max_queued_messages 0
 max_inflight_messages 0
 """
+
+
+# --- the production configuration from deploy/, for tests ---------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY_DIR = REPO / "deploy" / "mosquitto"
+GATEWAY_USER = "earmark.gateway"  # see deploy/mosquitto/acl
+# Lines of the deploy config a test must replace: paths, listeners and their TLS files.
+_REPLACED = (
+    "listener", "persistence_location", "log_dest", "password_file", "acl_file",
+    "cafile", "certfile", "keyfile", "tls_version", "require_certificate",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_test_ca(workdir: Path, host: str = "127.0.0.1") -> TlsFiles:
+    """A throwaway CA, a server certificate for ``host`` and a client one (openssl CLI)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=earmark test CA", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    (workdir / "san.ext").write_text(f"subjectAltName=IP:{host},DNS:localhost\n")
+    for name, cn in (("server", host), ("client", "dev-tls-0001")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        extra = ["-extfile", "san.ext"] if name == "server" else []
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", f"{name}.crt", *extra)  # fmt: skip
+    return TlsFiles(
+        workdir / "ca.crt", workdir / "server.crt", workdir / "server.key",
+        workdir / "client.crt", workdir / "client.key",
+    )  # fmt: skip
+
+
+def deploy_config_body(workdir: Path, users: dict[str, str], tls: TlsFiles | None = None) -> str:
+    """deploy/mosquitto/mosquitto.conf with test paths, a test password file and the real ACL.
+
+    ``users`` maps username → password (device ids, and GATEWAY_USER for the gateway).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    passwd = workdir / "passwd"
+    passwd.unlink(missing_ok=True)
+    passwd.touch(mode=0o600)
+    for user, password in users.items():
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwd), user, password],
+            check=True,
+            capture_output=True,
+        )
+    kept = [
+        line
+        for line in (DEPLOY_DIR / "mosquitto.conf").read_text().splitlines()
+        if line.split(" ", 1)[0] not in _REPLACED
+    ]
+    tls_lines = []
+    if tls is not None:  # applies to the one listener Broker.start() writes first
+        tls_lines = [
+            f"cafile {tls.ca}",
+            f"certfile {tls.server_cert}",
+            f"keyfile {tls.server_key}",
+        ]
+    return "\n".join(
+        tls_lines
+        + kept
+        + [f"password_file {passwd}", f"acl_file {DEPLOY_DIR / 'acl'}", "log_type all", ""]
+    )
+
+
+def deploy_broker(workdir: Path, users: dict[str, str], tls: TlsFiles | None = None) -> Broker:
+    """Start Mosquitto from the production config (credentials, ACL, persistence, limits)."""
+    return Broker(workdir, deploy_config_body(workdir, users, tls)).start()

@@ -1,0 +1,389 @@
+"""Drain the outbox to the broker: MQTT v5, QoS 1, in order, removed only on PUBACK.
+
+One thread owns the paho client (``CallbackAPIVersion.VERSION2``) and runs its network loop
+itself, so connecting, publishing and acknowledging never race each other and the reconnect
+policy is ours: exponential backoff with jitter, capped, and no attempt while the hardware
+says there is no link. The outbox is the single source of truth: after every (re)connect the
+publisher drops paho's in-memory copies and resends whatever the outbox still holds, oldest
+first, so ordering after an outage does not depend on client memory (which a power cut wipes
+anyway). A lost PUBACK therefore means a resend with the same sequence number, which the
+gateway deduplicates.
+
+Session: ``clean_start=False`` with a session expiry, so the broker keeps the device's
+session (and QoS 1 state) across short drops. Presence: a retained ``online`` status on
+connect, and a retained ``offline`` will that the broker publishes if the device vanishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from earmark.device.outbox import Outbox, OutboxLedger
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from earmark.errors import EarmarkError
+from earmark.wire import topic_for
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # as long as the outbox TTL: a week offline keeps the session
+TRANSIENT_REFUSALS = {0x97}  # Quota exceeded: try again later; any other failure is final
+
+
+class BrokerUrlError(EarmarkError):
+    """A broker URL or TLS option that cannot be used."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where and how to connect. Build it from a URL with :meth:`from_url`."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca: str | None = None  # CA bundle for mqtts:// (system store when None)
+    cert: str | None = None  # client certificate (mutual TLS)
+    key: str | None = None
+    keepalive: int = 30
+    session_expiry_s: int = SESSION_EXPIRY_S
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> BrokerConfig:
+        """``mqtt://host:port`` or ``mqtts://host:port``; user:pass@ in the URL also works."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise BrokerUrlError(
+                f"broker URL {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
+            )
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise BrokerUrlError(f"broker URL {url!r} has an invalid port") from None
+        opts = {k: v for k, v in options.items() if v is not None}
+        if parts.username and "username" not in opts:
+            opts["username"] = unquote(parts.username)
+        if parts.password and "password" not in opts:
+            opts["password"] = unquote(parts.password)
+        tls = parts.scheme == "mqtts"
+        if not tls and any(opts.get(k) for k in ("ca", "cert", "key")):
+            raise BrokerUrlError(f"--ca/--cert/--key need an mqtts:// broker URL, not {url!r}")
+        return cls(host=parts.hostname, port=port, tls=tls, **opts)  # type: ignore[arg-type]
+
+
+def status_payload(online: bool) -> bytes:
+    """The retained presence message: nothing but the state."""
+    return json.dumps({"v": 1, "type": "status", "online": online}, separators=(",", ":")).encode()
+
+
+@dataclass
+class PublisherStats:
+    sent: int = 0  # acknowledged by the broker and removed from the outbox
+    refused: int = 0  # refused for good by the broker (counted in the ledger)
+    connects: int = 0
+    connection_losses: int = 0
+    last_error: str | None = None
+
+
+class Publisher:
+    """Publishes what the outbox holds, in sequence order, and acks it on PUBACK."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        device_id: str,
+        broker: BrokerConfig,
+        *,
+        ledger: OutboxLedger | None = None,
+        max_inflight: int = 64,
+        backoff: tuple[float, float] = (0.5, 30.0),
+    ) -> None:
+        self.outbox = outbox
+        self.device_id = device_id
+        self.broker = broker
+        self.ledger = ledger if ledger is not None else outbox.ledger
+        self.max_inflight = max_inflight
+        self.backoff_min, self.backoff_max = backoff
+        self.stats = PublisherStats()
+        self.status_topic = topic_for(device_id, "status")
+        self._client = self._make_client()
+        self._inflight: dict[int, int] = {}  # mid -> seq (seq 0: the status message)
+        self._cursor = 0  # highest seq handed to paho on this connection
+        self._connected = False
+        self._link = True
+        self._paused = False
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._delay = self.backoff_min
+        self._next_attempt = 0.0
+        self._ever_connected = False
+
+    # --- client setup -------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.device_id,
+            protocol=mqtt.MQTTv5,
+        )
+        b = self.broker
+        if b.username is not None:
+            client.username_pw_set(b.username, b.password)
+        if b.tls:
+            try:
+                client.tls_set(
+                    ca_certs=b.ca,
+                    certfile=b.cert,
+                    keyfile=b.key,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError) as err:
+                raise BrokerUrlError(f"cannot use the TLS files: {err}") from None
+        client.will_set(self.status_topic, status_payload(False), qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # --- controls (any thread) ----------------------------------------------------------
+
+    def start(self) -> Publisher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="earmark-publisher", daemon=True)
+            self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        """New message in the outbox: publish it without waiting for the next poll."""
+        self._wake.set()
+
+    def set_link(self, up: bool) -> None:
+        """The hardware's link state: while down, stay disconnected and make no attempts."""
+        if up != self._link:
+            log.info("link %s", "up" if up else "down")
+            self._link = up
+            if up:
+                self._next_attempt = 0.0
+            self._wake.set()
+
+    def set_paused(self, paused: bool) -> None:
+        """Throttle: keep the radio quiet (no publishes) while paused; the outbox keeps all."""
+        self._paused = paused
+        self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until the outbox is empty and nothing is in flight (or the timeout passes)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self.outbox.count() or self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(min(remaining, 0.1))
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say ``offline`` (retained), disconnect cleanly and stop the thread."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+            self._thread = None
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not self._link:
+                    if self._client.is_connected() or self._connected:
+                        self._drop_connection(will=True)
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                if self._client._sock is None:  # noqa: SLF001 - paho exposes no public check
+                    self._try_connect()
+                    continue
+                rc = self._client.loop(timeout=0.02)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    self._lost(f"network loop: {mqtt.error_string(rc)}")
+                    continue
+                if self._connected and not self._paused:
+                    self._fill()
+                if self._wake.is_set():
+                    self._wake.clear()
+        finally:
+            self._shutdown()
+
+    def _try_connect(self) -> None:
+        now = time.monotonic()
+        if now < self._next_attempt:
+            self._wake.wait(min(self._next_attempt - now, 0.1))
+            self._wake.clear()
+            return
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.broker.session_expiry_s
+        try:
+            self._client.connect(
+                self.broker.host,
+                self.broker.port,
+                keepalive=self.broker.keepalive,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ssl.SSLError) as err:
+            self._schedule_retry(f"connect to {self.broker.host}:{self.broker.port}: {err}")
+
+    def _schedule_retry(self, why: str) -> None:
+        self.stats.last_error = why
+        delay = self._delay * random.uniform(0.8, 1.2)
+        log.warning("broker unreachable (%s); retrying in %.1fs", why, delay)
+        self._next_attempt = time.monotonic() + delay
+        self._delay = min(self._delay * 2, self.backoff_max)
+        try:
+            self._client._sock_close()  # noqa: SLF001 - leave the client ready to reconnect
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _lost(self, why: str) -> None:
+        if self._connected:  # on_disconnect has not seen it (e.g. a failed publish)
+            self.stats.connection_losses += 1
+        self._connected = False
+        self._schedule_retry(why)
+
+    def _drop_connection(self, will: bool) -> None:
+        """Link gone: close without a clean DISCONNECT, as a dead radio would; the will fires."""
+        if will:
+            reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+            self._client.disconnect(reasoncode=reason)
+            self._client.loop(timeout=0.05)
+        self._client._sock_close()  # noqa: SLF001
+        self._connected = False
+
+    def _fill(self) -> None:
+        room = self.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        entries = self.outbox.pending(after=self._cursor, limit=room)
+        now = self.outbox.clock.now()
+        for entry in entries:
+            props = None
+            if entry.expires is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = max(1, int(entry.expires - now))
+            info = self._client.publish(entry.topic, entry.payload, qos=1, properties=props)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self._lost(f"publish: {mqtt.error_string(info.rc)}")
+                return
+            self._inflight[info.mid] = entry.seq
+            self._cursor = entry.seq
+
+    def _shutdown(self) -> None:
+        if self._connected and self._link:
+            info = self._client.publish(
+                self.status_topic, status_payload(False), qos=1, retain=True
+            )
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and time.monotonic() < deadline:
+                if self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self._client.disconnect()
+            self._client.loop(timeout=0.05)
+        try:
+            self._client._sock_close()  # noqa: SLF001
+        except Exception:  # noqa: BLE001
+            pass
+        self._connected = False
+        with self._idle:
+            self._idle.notify_all()
+
+    # --- paho callbacks (called on this thread, from loop()) ------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self._connected = False
+            self._schedule_retry(f"broker refused the connection: {reason_code}")
+            return
+        # The outbox, not paho's memory, decides what is resent and in which order.
+        client.drop_out_messages()
+        self._inflight.clear()
+        self._cursor = 0
+        self._connected = True
+        self._ever_connected = True
+        self._delay = self.backoff_min
+        self.stats.connects += 1
+        self.stats.last_error = None
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self.broker.host,
+            self.broker.port,
+            flags.session_present,
+        )
+        info = client.publish(self.status_topic, status_payload(True), qos=1, retain=True)
+        self._inflight[info.mid] = 0
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._connected and not self._stopping.is_set() and self._link:
+            log.warning("connection lost: %s", reason_code)
+            self.stats.connection_losses += 1
+        self._connected = False  # loop() now fails and _lost() schedules the reconnect
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is None or seq == 0:
+            return
+        if not reason_code.is_failure:
+            message = self.outbox.ack(seq)
+            if message is not None:
+                self.stats.sent += 1
+                if self.ledger is not None:
+                    self.ledger.record_sent(message)
+        elif reason_code.value in TRANSIENT_REFUSALS:
+            log.warning("broker deferred seq=%d (%s); will resend", seq, reason_code)
+            self._cursor = min(self._cursor, seq - 1)
+        else:
+            log.error("broker refused seq=%d: %s", seq, reason_code)
+            self.stats.refused += 1
+            self.outbox.drop(seq, f"refused:{reason_code.getName().lower().replace(' ', '_')}")
+        if not self._inflight:
+            with self._idle:
+                self._idle.notify_all()
