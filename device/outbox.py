@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -237,6 +238,31 @@ class Outbox:
                 return None
             self._db.execute("DELETE FROM messages WHERE seq=?", (seq,))
         return message_from_payload(row[0])
+
+    def ack_many(
+        self, seqs: list[int], on_acked: Callable[[Message], None] | None = None
+    ) -> list[Message]:
+        """Acknowledge several in one transaction (one fsync); returns those still present.
+
+        ``on_acked`` (the ledger's ``record_sent``) runs for each message *before* the delete
+        commits: a power cut in between means the message is resent and recorded again,
+        never sent and unrecorded. The ledger therefore keys its records by sequence number.
+        """
+        if not seqs:
+            return []
+        with self._tx():
+            messages = []
+            for seq in seqs:
+                row = self._db.execute(
+                    "SELECT payload FROM messages WHERE seq=?", (seq,)
+                ).fetchone()
+                if row is not None:
+                    messages.append(message_from_payload(row[0]))
+            for message in messages:
+                if on_acked is not None:
+                    on_acked(message)
+            self._db.executemany("DELETE FROM messages WHERE seq=?", [(m.seq,) for m in messages])
+        return messages
 
     def drop(self, seq: int, reason: str) -> Message | None:
         """Remove a message the broker refused for good, counting it in the ledger."""

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # as long as the outbox TTL: a week offline keeps the session
 TRANSIENT_REFUSALS = {0x97}  # Quota exceeded: try again later; any other failure is final
+# PUBACK "No matching subscribers": the broker took the message but no session will ever
+# receive it (the gateway has not (re)subscribed yet; Mosquitto 2.0 does not restore shared
+# subscriptions after a restart). Removing it from the outbox would lose it silently, so it
+# stays and is resent after a pause: custody passes only to a broker that has a reader.
+NO_SUBSCRIBERS = 0x10
 
 
 class BrokerUrlError(EarmarkError):
@@ -92,6 +97,7 @@ def status_payload(online: bool) -> bytes:
 class PublisherStats:
     sent: int = 0  # acknowledged by the broker and removed from the outbox
     refused: int = 0  # refused for good by the broker (counted in the ledger)
+    held: int = 0  # PUBACKs saying "not delivered yet" (no subscriber, quota): resent later
     connects: int = 0
     connection_losses: int = 0
     last_error: str | None = None
@@ -120,8 +126,12 @@ class Publisher:
         self.status_topic = topic_for(device_id, "status")
         self._client = self._make_client()
         self._inflight: dict[int, int] = {}  # mid -> seq (seq 0: the status message)
+        self._acked: list[int] = []  # PUBACKed seqs not yet removed from the outbox
+        self._hold_until = 0.0  # no publishing before this (monotonic): a delivery pause
+        self._hold_delay = self.backoff_min
         self._cursor = 0  # highest seq handed to paho on this connection
         self._connected = False
+        self._refused = False  # the last CONNACK was a refusal (bad credentials, banned)
         self._link = True
         self._paused = False
         self._stopping = threading.Event()
@@ -130,7 +140,6 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._delay = self.backoff_min
         self._next_attempt = 0.0
-        self._ever_connected = False
 
     # --- client setup -------------------------------------------------------------------
 
@@ -223,8 +232,12 @@ class Publisher:
                     self._try_connect()
                     continue
                 rc = self._client.loop(timeout=0.02)
+                self._commit_acks()
                 if rc != mqtt.MQTT_ERR_SUCCESS:
-                    self._lost(f"network loop: {mqtt.error_string(rc)}")
+                    if self._refused:  # CONNACK said no; the retry is already scheduled
+                        self._refused = False
+                    else:
+                        self._lost(f"network loop: {mqtt.error_string(rc)}")
                     continue
                 if self._connected and not self._paused:
                     self._fill()
@@ -280,11 +293,15 @@ class Publisher:
 
     def _fill(self) -> None:
         room = self.max_inflight - len(self._inflight)
-        if room <= 0:
+        if room <= 0 or time.monotonic() < self._hold_until:
             return
         entries = self.outbox.pending(after=self._cursor, limit=room)
         now = self.outbox.clock.now()
+        in_flight = set(self._inflight.values())  # after a rewind, do not send twice
         for entry in entries:
+            if entry.seq in in_flight:
+                self._cursor = entry.seq
+                continue
             props = None
             if entry.expires is not None:
                 props = Properties(PacketTypes.PUBLISH)
@@ -305,6 +322,7 @@ class Publisher:
             while not info.is_published() and time.monotonic() < deadline:
                 if self._client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
                     break
+            self._commit_acks()
             self._client.disconnect()
             self._client.loop(timeout=0.05)
         try:
@@ -327,6 +345,7 @@ class Publisher:
     ) -> None:
         if reason_code.is_failure:
             self._connected = False
+            self._refused = True
             self._schedule_retry(f"broker refused the connection: {reason_code}")
             return
         # The outbox, not paho's memory, decides what is resent and in which order.
@@ -334,8 +353,6 @@ class Publisher:
         self._inflight.clear()
         self._cursor = 0
         self._connected = True
-        self._ever_connected = True
-        self._delay = self.backoff_min
         self.stats.connects += 1
         self.stats.last_error = None
         log.info(
@@ -369,21 +386,44 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         seq = self._inflight.pop(mid, None)
-        if seq is None or seq == 0:
+        if seq is None:
             return
-        if not reason_code.is_failure:
-            message = self.outbox.ack(seq)
-            if message is not None:
-                self.stats.sent += 1
-                if self.ledger is not None:
-                    self.ledger.record_sent(message)
+        if not reason_code.is_failure and reason_code.value != NO_SUBSCRIBERS:
+            self._hold_delay = self.backoff_min
+            # Only a connection that carries a message counts as healthy: a broker that
+            # accepts CONNECT and then drops us on every publish must not be hammered.
+            self._delay = self.backoff_min
+        if seq == 0:
+            return
+        if reason_code.value == NO_SUBSCRIBERS:
+            self._hold(seq, "no subscriber has the message yet")
+        elif not reason_code.is_failure:
+            self._acked.append(seq)  # committed after this loop() pass, in one transaction
         elif reason_code.value in TRANSIENT_REFUSALS:
-            log.warning("broker deferred seq=%d (%s); will resend", seq, reason_code)
-            self._cursor = min(self._cursor, seq - 1)
+            self._hold(seq, str(reason_code))
         else:
             log.error("broker refused seq=%d: %s", seq, reason_code)
             self.stats.refused += 1
             self.outbox.drop(seq, f"refused:{reason_code.getName().lower().replace(' ', '_')}")
+
+    def _hold(self, seq: int, why: str) -> None:
+        """Keep ``seq`` (and what follows) in the outbox and resend from it after a pause."""
+        self.stats.held += 1
+        if self._cursor >= seq:
+            self._cursor = seq - 1
+            pause = self._hold_delay * random.uniform(0.8, 1.2)
+            log.warning("seq=%d not delivered (%s); resending in %.1fs", seq, why, pause)
+            self._hold_until = time.monotonic() + pause
+            self._hold_delay = min(self._hold_delay * 2, self.backoff_max)
+
+    def _commit_acks(self) -> None:
+        """Remove every message PUBACKed in the last loop pass from the outbox, then ledger."""
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        ledger = self.ledger
+        done = self.outbox.ack_many(acked, ledger.record_sent if ledger is not None else None)
+        self.stats.sent += len(done)
         if not self._inflight:
             with self._idle:
                 self._idle.notify_all()
