@@ -36,6 +36,15 @@ def start(box: Outbox, broker: Broker, device_id: str = "dev-0001", **kw: object
     ).start()  # type: ignore[arg-type]
 
 
+def spawn_device(state: Path, broker: Broker, device_id: str, put: int) -> subprocess.Popen[str]:
+    """tests/transport/device_proc.py in its own process, so a test can cut its power."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.transport.device_proc", str(state), broker.url,
+         device_id, DEVICES[device_id], str(put)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def test_drains_in_order_and_acks_each_exactly_once(
     tmp_path: Path, secure_broker: Broker, collector: Collector
 ) -> None:
@@ -169,11 +178,7 @@ def _status_seen_by_a_fresh_subscriber(broker: Broker, device_id: str) -> tuple[
 def test_status_is_retained_and_the_will_says_offline_after_power_loss(
     tmp_path: Path, secure_broker: Broker
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.transport.device_proc", str(tmp_path),
-         secure_broker.url, "dev-0002", DEVICES["dev-0002"], "0"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_device(tmp_path, secure_broker, "dev-0002", 0)
     assert proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "connected"
@@ -199,11 +204,7 @@ def test_power_loss_mid_publish_nothing_lost_nothing_counted_twice(
     tmp_path: Path, secure_broker: Broker, collector: Collector
 ) -> None:
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.transport.device_proc", str(state),
-         secure_broker.url, "dev-0001", DEVICES["dev-0001"], "400"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_device(state, secure_broker, "dev-0001", 400)
     assert proc.stdout is not None
     sent_before: list[int] = []
     for line in proc.stdout:
