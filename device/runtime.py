@@ -23,18 +23,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from earmark.device.hardware import Hardware, Throttle
-from earmark.device.outbox import Outbox
+from earmark.device.outbox import Outbox, OutboxLedger
 
 from earmark.clock import Clock
+from earmark.errors import EarmarkError
 from earmark.wire import DeletionRequest, SignalBatch
 
 if TYPE_CHECKING:
     from earmark.device.audio import AudioFrame, AudioSource
     from earmark.device.privacy import PrivacyDecision, RegionSignals
-    from earmark.device.publisher import Publisher
+    from earmark.device.publisher import BrokerConfig, Publisher
     from earmark.device.stt import SttEngine, Transcript
     from earmark.device.topics import TopicScores
 
@@ -234,3 +236,98 @@ class _GatedSource:
 def window_start(now: float, window_s: int) -> int:
     """The start of the window ``now`` falls in (epoch seconds, a multiple of window_s)."""
     return int(math.floor(now / window_s)) * window_s
+
+
+def host_region(
+    lat: float | None,
+    lon: float | None,
+    country: str | None,
+    mcc: str | None,
+    locale: str | None,
+    tz: str | None,
+) -> RegionSignals:
+    """Region signals stated by the operator of a real machine (flags or config)."""
+    from earmark.device.privacy import RegionSignals
+
+    if (lat is None) != (lon is None):
+        raise EarmarkError("--lat and --lon go together")
+    if lat is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):  # type: ignore[operator]
+        raise EarmarkError(f"--lat {lat} --lon {lon} is not a position on Earth")
+    return RegionSignals(
+        lat=lat,
+        lon=lon,
+        account_country=country.upper() if country else None,
+        sim_mcc=mcc,
+        locale=locale,
+        timezone=tz,
+    )
+
+
+def build_runtime(
+    device_id: str,
+    state_dir: Path,
+    *,
+    broker: BrokerConfig | None,
+    clock: Clock,
+    hardware: Hardware,
+    engine: str | SttEngine = "auto",
+    vosk_model: str | None = None,
+    classifier: Classifier | None = None,
+) -> DeviceRuntime:
+    """Wire the real parts for one device from its state dir (consent, ledger, outbox).
+
+    ``engine`` and ``classifier`` may be passed already loaded, so many simulated devices
+    in one process share one model each.
+    """
+    from earmark.device.publisher import Publisher
+
+    from earmark.wire import DEVICE_ID_RE
+
+    if not DEVICE_ID_RE.match(device_id):
+        raise EarmarkError(f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
+    parts = _privacy_parts(state_dir, device_id, clock)
+    outbox = Outbox(
+        state_dir,
+        clock=clock,
+        ledger=parts.ledger,
+        max_bytes=hardware.storage_limit_bytes(),
+    )
+    if isinstance(engine, str):
+        from earmark.device.stt import engine_for
+
+        engine = engine_for(engine, vosk_model=vosk_model)
+    if classifier is None:
+        from earmark.device.topics import TopicClassifier
+
+        classifier = TopicClassifier.load()
+    publisher = None
+    if broker is not None:
+        publisher = Publisher(outbox, device_id, broker, ledger=parts.ledger).start()
+    return DeviceRuntime(
+        device_id,
+        clock=clock,
+        hardware=hardware,
+        engine=engine,
+        classifier=classifier,
+        gate=parts.gate,
+        batcher=parts.batcher,
+        outbox=outbox,
+        publisher=publisher,
+    )
+
+
+@dataclass
+class _PrivacyParts:
+    gate: Gate
+    batcher: Batcher
+    ledger: OutboxLedger | None
+
+
+def _privacy_parts(state_dir: Path, device_id: str, clock: Clock) -> _PrivacyParts:
+    try:
+        from earmark.device import privacy
+    except ImportError as err:
+        raise EarmarkError(f"the privacy gate is not available ({err})") from None
+    raise EarmarkError(
+        f"cannot build the privacy gate from {privacy.__name__}: not wired yet ({device_id})"
+    )
