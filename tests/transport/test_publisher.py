@@ -294,3 +294,22 @@ def _wait(cond, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
             return True
         time.sleep(0.02)
     return False
+
+
+def test_no_subscriber_means_not_delivered_and_the_batch_stays(
+    tmp_path: Path, secure_broker: Broker
+) -> None:
+    """Mosquitto PUBACKs 0x10 'No matching subscribers' and discards: the outbox keeps it."""
+    box = Outbox(tmp_path, ledger=RecordingLedger())
+    for _ in range(3):
+        box.put(batch())
+    pub = start(box, secure_broker)
+    assert _wait(lambda: pub.stats.held >= 1)
+    assert box.count() == 3  # nothing removed while nobody can receive it
+    collector = Collector(secure_broker, ("$share/earmark-gateway/earmark/v1/+/signals",))
+    try:
+        assert pub.wait_drained(20)
+        assert collector.wait_for(3) == [1, 2, 3]
+    finally:
+        pub.stop()
+        collector.close()
