@@ -231,7 +231,9 @@ class Publisher:
                 if self._client._sock is None:  # noqa: SLF001 - paho exposes no public check
                     self._try_connect()
                     continue
-                rc = self._client.loop(timeout=0.02)
+                # short waits while acks are due, longer when idle: many simulated devices
+                # share one process, and a new batch may wait 0.1 s for its first send
+                rc = self._client.loop(timeout=0.01 if self._inflight else 0.1)
                 self._commit_acks()
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     if self._refused:  # CONNACK said no; the retry is already scheduled

@@ -77,7 +77,7 @@ class RuntimeStats:
     deletions_queued: int = 0
     silenced_frames: int = 0  # frames replaced by silence (not listening / throttled)
     throttle_changes: int = 0
-    cpu_s: Counter[str] = field(default_factory=Counter)  # stage → process CPU seconds
+    cpu_s: dict[str, float] = field(default_factory=dict)  # stage → process CPU seconds
 
 
 class DeviceRuntime:
@@ -148,8 +148,9 @@ class DeviceRuntime:
         decision = self.gate.decide(transcript.text, scores, self.hardware.region_signals(), now)
         t2 = time.process_time()
         self.batcher.add(decision, now)
-        self.stats.cpu_s["topics"] += t1 - t0
-        self.stats.cpu_s["gate"] += t2 - t1
+        cpu = self.stats.cpu_s
+        cpu["topics"] = cpu.get("topics", 0.0) + t1 - t0
+        cpu["gate"] = cpu.get("gate", 0.0) + t2 - t1
         self.stats.decisions[decision.reason] += 1
         log.debug("utterance decided: %s (layer %s)", decision.reason, decision.layer)
         if self.on_decision is not None:
