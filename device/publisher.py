@@ -135,6 +135,7 @@ class Publisher:
         self._link = True
         self._paused = False
         self._stopping = threading.Event()
+        self._killed = False
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -217,6 +218,16 @@ class Publisher:
             self._thread.join(timeout + 1.0)
             self._thread = None
 
+    def kill(self) -> None:
+        """Power cut: stop at once, no DISCONNECT, no status, unrecorded acks lost.
+
+        The broker sees the TCP connection drop and publishes the will; whatever was
+        PUBACKed but not yet committed stays in the outbox and is resent after the reboot.
+        For simulators and fault tests.
+        """
+        self._killed = True
+        self.stop()
+
     # --- the thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -234,6 +245,8 @@ class Publisher:
                 # short waits while acks are due, longer when idle: many simulated devices
                 # share one process, and a new batch may wait 0.1 s for its first send
                 rc = self._client.loop(timeout=0.01 if self._inflight else 0.1)
+                if self._killed:
+                    break
                 self._commit_acks()
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     if self._refused:  # CONNACK said no; the retry is already scheduled
@@ -316,7 +329,9 @@ class Publisher:
             self._cursor = entry.seq
 
     def _shutdown(self) -> None:
-        if self._connected and self._link:
+        if self._killed:
+            self._acked.clear()
+        elif self._connected and self._link:
             info = self._client.publish(
                 self.status_topic, status_payload(False), qos=1, retain=True
             )

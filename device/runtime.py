@@ -196,6 +196,16 @@ class DeviceRuntime:
                 self.publisher.wait_drained(drain_timeout)
             self.publisher.stop()
 
+    def crash(self) -> None:
+        """Power loss: drop everything in memory without a clean shutdown (simulators, tests).
+
+        The open window in the batcher is lost, as it would be on a device; the outbox is on
+        disk and a runtime built again from the same state dir resends what it holds.
+        """
+        if self.publisher is not None:
+            self.publisher.kill()
+        self.outbox.close()
+
     # --- helpers ------------------------------------------------------------------------
 
     def _queue(self, batches: list[SignalBatch]) -> None:

@@ -313,3 +313,26 @@ def test_no_subscriber_means_not_delivered_and_the_batch_stays(
     finally:
         pub.stop()
         collector.close()
+
+
+def test_kill_is_a_power_cut_the_will_fires_and_the_outbox_keeps_the_rest(
+    tmp_path: Path, secure_broker: Broker, collector: Collector
+) -> None:
+    box = Outbox(tmp_path, ledger=RecordingLedger())
+    for _ in range(1000):
+        box.put(batch())
+    pub = start(box, secure_broker, max_inflight=2)
+    assert _wait(lambda: box.count() < 1000)
+    pub.kill()
+    left = box.count()
+    assert _wait(
+        lambda: (
+            _status_seen_by_a_fresh_subscriber(secure_broker, "dev-0001")
+            == (status_payload(False), True)
+        )
+    )
+    pub2 = start(Outbox(tmp_path, ledger=RecordingLedger()), secure_broker)  # the reboot
+    assert pub2.wait_drained(20)
+    pub2.stop()
+    assert set(collector.wait_for(1000)) == set(range(1, 1001))
+    assert left > 0
