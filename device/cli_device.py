@@ -101,9 +101,10 @@ def cmd_device(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if args.mic:
-            from earmark.device.audio import MicSource
+            from earmark.device.mic import MicSource
 
-            runtime.run(MicSource(device=args.mic_device))
+            dev = args.mic_device
+            runtime.run(MicSource(device=int(dev) if dev and dev.isdigit() else dev))
         else:
             from earmark.device.audio import WavSource
 
