@@ -105,7 +105,7 @@ def to_int16_bytes(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
-def _frames_from_blocks(blocks: Iterator[bytes], frame_ms: int) -> Iterator[AudioFrame]:
+def frames_from_blocks(blocks: Iterator[bytes], frame_ms: int) -> Iterator[AudioFrame]:
     """Cut a stream of 16 kHz int16 byte blocks into frames of ``frame_ms``."""
     frame_bytes = SAMPLE_RATE * frame_ms // 1000 * 2
     pending = b""
@@ -253,7 +253,7 @@ class WavSource:
                 yield to_int16_bytes(resampler.process(x))
 
     def frames(self) -> Iterator[AudioFrame]:
-        return _frames_from_blocks(self._blocks(), self.frame_ms)
+        return frames_from_blocks(self._blocks(), self.frame_ms)
 
     def close(self) -> None:
         self._file.close()
@@ -288,7 +288,7 @@ class RawPcmSource:
                 yield to_int16_bytes(resampler.process(x))
 
     def frames(self) -> Iterator[AudioFrame]:
-        return _frames_from_blocks(self._blocks(), self.frame_ms)
+        return frames_from_blocks(self._blocks(), self.frame_ms)
 
     def close(self) -> None:
         self._file.close()
@@ -303,7 +303,7 @@ class PcmBufferSource:
         self.frame_ms = frame_ms
 
     def frames(self) -> Iterator[AudioFrame]:
-        return _frames_from_blocks(iter([self.pcm]), self.frame_ms)
+        return frames_from_blocks(iter([self.pcm]), self.frame_ms)
 
     def close(self) -> None:
         return None

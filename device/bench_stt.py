@@ -1,0 +1,174 @@
+"""``earmark bench stt``: accuracy, speed and memory of both engines on the shared clips.
+
+Per engine it reports word error rate, real-time factor (processing seconds per audio second),
+peak resident memory, and the ratio of earmark's end-to-end time (file reading, resampling,
+endpointing, streaming with partial results) to a bare engine loop over the same audio in the
+same process. Each engine is measured in its own child process, so one engine's memory does not
+count against the other; timings are medians over ``--rounds`` rounds, alternating earmark and
+bare runs so machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import wave
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from earmark.device.audio import SAMPLE_RATE, open_audio
+from earmark.device.wer import corpus_wer
+
+GOFORWARD_REFERENCE = "go forward ten meters"  # per shared/data/SOURCES.md
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("EARMARK_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def speech_clips(data_dir: Path | None = None) -> list[tuple[Path, str]]:
+    """The shared clips and their reference transcripts (sphinx ``.transcription`` files)."""
+    root = (data_dir or default_data_dir()) / "speech"
+    clips: list[tuple[Path, str]] = []
+    for listing in sorted(root.glob("*/*transcription")):
+        for line in listing.read_text().splitlines():
+            if "(" not in line:
+                continue
+            text, _, ident = line.rpartition("(")
+            text = text.replace("<s>", "").replace("</s>", "").strip()
+            wav = listing.parent / f"{ident.strip(' )')}.wav"
+            if wav.exists():
+                clips.append((wav, text))
+    raw = root / "goforward.raw"
+    if raw.exists():
+        clips.append((raw, GOFORWARD_REFERENCE))
+    return clips
+
+
+def _pcm(path: Path) -> bytes:
+    if path.suffix == ".raw":
+        return path.read_bytes()
+    with wave.open(str(path)) as w:
+        return w.readframes(w.getnframes())
+
+
+@dataclass(frozen=True)
+class EngineFigures:
+    engine: str
+    description: str
+    clips: int
+    audio_s: float
+    load_s: float
+    wer: float
+    bare_wer: float
+    rtf: float  # earmark end-to-end seconds per audio second (median round)
+    bare_rtf: float
+    overhead: float  # earmark time / bare time, median over rounds
+    peak_rss_mb: float
+
+
+def _bare_vosk(engine: object, pcm: bytes) -> str:
+    rec = engine._pool.take()  # type: ignore[attr-defined]
+    texts = []
+    for i in range(0, len(pcm), 3200):
+        if rec.AcceptWaveform(pcm[i : i + 3200]):
+            texts.append(json.loads(rec.Result())["text"])
+    texts.append(json.loads(rec.FinalResult())["text"])
+    rec.Reset()
+    engine._pool.give(rec)  # type: ignore[attr-defined]
+    return " ".join(t for t in texts if t)
+
+
+def _bare_sphinx(engine: object, pcm: bytes) -> str:
+    dec = engine._pool.take()  # type: ignore[attr-defined]
+    dec.start_utt()
+    for i in range(0, len(pcm), 3200):
+        dec.process_raw(pcm[i : i + 3200], False, False)
+    dec.end_utt()
+    hyp = dec.hyp()
+    engine._pool.give(dec)  # type: ignore[attr-defined]
+    return hyp.hypstr if hyp is not None else ""
+
+
+def measure(engine_name: str, vosk_model: str | None, rounds: int, data_dir: Path) -> EngineFigures:
+    """Run in the child process: load the engine, alternate bare and earmark rounds."""
+    from earmark.device.stt import PocketSphinxEngine, VoskEngine, utterances
+    from tqdm import tqdm
+
+    clips = speech_clips(data_dir)
+    if not clips:
+        raise SystemExit(f"no speech clips under {data_dir}/speech")
+    t0 = time.perf_counter()
+    engine = VoskEngine(vosk_model) if engine_name == "vosk" else PocketSphinxEngine()
+    load_s = time.perf_counter() - t0
+    bare = _bare_vosk if engine_name == "vosk" else _bare_sphinx
+    pcms = [_pcm(p) for p, _ in clips]  # the bare loop gets its audio for free, in memory
+    audio_s = sum(len(p) for p in pcms) / 2 / SAMPLE_RATE
+    ours_t, bare_t = [], []
+    ours_text: list[str] = []
+    bare_text: list[str] = []
+    for _ in tqdm(range(rounds), desc=f"bench stt {engine_name}", unit="round", file=sys.stderr):
+        t = time.perf_counter()
+        bare_text = [bare(engine, pcm) for pcm in pcms]
+        bare_t.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ours_text = []
+        for path, _ in clips:
+            source = open_audio(path)
+            ours_text.append(" ".join(u.text for u in utterances(source, engine)))
+            source.close()
+        ours_t.append(time.perf_counter() - t)
+    refs = [ref for _, ref in clips]
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return EngineFigures(
+        engine=engine_name,
+        description=engine.description,
+        clips=len(clips),
+        audio_s=round(audio_s, 2),
+        load_s=round(load_s, 2),
+        wer=corpus_wer(zip(refs, ours_text, strict=True)).wer,
+        bare_wer=corpus_wer(zip(refs, bare_text, strict=True)).wer,
+        rtf=statistics.median(ours_t) / audio_s,
+        bare_rtf=statistics.median(bare_t) / audio_s,
+        overhead=statistics.median(o / b for o, b in zip(ours_t, bare_t, strict=True)),
+        peak_rss_mb=rss_kb / 1024,
+    )
+
+
+def run_child(engine: str, vosk_model: str | None, rounds: int, data_dir: Path) -> EngineFigures:
+    cmd = [sys.executable, "-m", "earmark.device.bench_stt", engine, str(rounds), str(data_dir)]
+    if vosk_model:
+        cmd.append(str(vosk_model))
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench child for {engine} failed (exit {out.returncode})")
+    return EngineFigures(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def format_table(rows: list[EngineFigures]) -> str:
+    head = (
+        f"{'engine':<13}{'clips':>6}{'audio s':>9}{'WER':>8}{'bare WER':>10}{'RTF':>8}"
+        f"{'bare RTF':>10}{'overhead':>10}{'peak RSS':>11}{'load s':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.engine:<13}{r.clips:>6}{r.audio_s:>9.1f}{r.wer:>8.1%}{r.bare_wer:>10.1%}"
+            f"{r.rtf:>8.3f}{r.bare_rtf:>10.3f}{r.overhead:>9.2f}x{r.peak_rss_mb:>8.0f} MB"
+            f"{r.load_s:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the child process: one engine, figures as one JSON line
+    name, n_rounds, data = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    model = sys.argv[4] if len(sys.argv) > 4 else None
+    print(json.dumps(asdict(measure(name, model, n_rounds, data))))
