@@ -41,9 +41,32 @@ def _vad_from_args(args: argparse.Namespace) -> object:
         raise EarmarkError(f"bad endpointing setting: {err}") from None
 
 
-def transcribe(args: argparse.Namespace) -> int:
+def _print_file(name: str, args: argparse.Namespace, engine: object, vad: object) -> None:
+    """Transcribe one file, printing each utterance as soon as it is final."""
     from earmark.device.audio import open_audio
-    from earmark.device.stt import engine_for, utterances
+    from earmark.device.stt import utterances
+
+    source = open_audio(name, raw_rate=args.raw_rate)
+    try:
+        if not args.json:
+            print(name)
+        found = 0
+        for u in utterances(source, engine, vad):  # type: ignore[arg-type]
+            found += 1
+            if args.json:
+                record = {"file": name, "start": round(u.start, 3), "end": round(u.end, 3)}
+                record |= {"text": u.text, "engine": u.engine}
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(f"  [{u.start:7.2f} - {u.end:7.2f}] {u.text}", flush=True)
+        if found == 0 and not args.json:
+            print("  (no speech found)")
+    finally:
+        source.close()
+
+
+def transcribe(args: argparse.Namespace) -> int:
+    from earmark.device.stt import engine_for
 
     vad = _vad_from_args(args)
     engine = engine_for(args.engine, args.vosk_model)
@@ -51,24 +74,8 @@ def transcribe(args: argparse.Namespace) -> int:
     failed = 0
     for name in args.audio:
         try:
-            source = open_audio(name, raw_rate=args.raw_rate)
-            try:
-                if not args.json:
-                    print(name)
-                found = 0
-                for u in utterances(source, engine, vad):  # type: ignore[arg-type]
-                    found += 1
-                    if args.json:
-                        record = {"file": name, "start": round(u.start, 3),
-                                  "end": round(u.end, 3), "text": u.text, "engine": u.engine}  # fmt: skip
-                        print(json.dumps(record, ensure_ascii=False), flush=True)
-                    else:
-                        print(f"  [{u.start:7.2f} - {u.end:7.2f}] {u.text}", flush=True)
-                if found == 0 and not args.json:
-                    print("  (no speech found)")
-            finally:
-                source.close()
-        except AudioError as err:
+            _print_file(name, args, engine, vad)
+        except AudioError as err:  # this file is bad; the others are still transcribed
             failed += 1
             print(f"earmark: error: {err}", file=sys.stderr, flush=True)
     return 2 if failed else 0
