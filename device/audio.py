@@ -76,13 +76,17 @@ class Resampler:
             kernel = 2 * cutoff * np.sinc(2 * cutoff * n) * np.hamming(taps)
             self._kernel = (kernel / kernel.sum()).astype(np.float64)
             self._hist = np.zeros(taps - 1)
+        self._delay = 0 if self._kernel is None else (taps - 1) // 2  # filter lag, in samples
         self._tail = np.zeros(0)
-        self._t = 0.0  # position of the next output sample, in buffer coordinates
+        self._t = float(self._delay)  # next output position in buffer coordinates (lag-free)
+        self._fed = 0
+        self._made = 0
 
     def process(self, x: np.ndarray) -> np.ndarray:
         if self.src_rate == self.dst_rate:
             return x
         x = x.astype(np.float64)
+        self._fed += len(x)
         if self._kernel is not None:
             padded = np.concatenate([self._hist, x])
             self._hist = padded[len(padded) - len(self._hist) :]
@@ -97,6 +101,18 @@ class Resampler:
         out = np.interp(positions, np.arange(len(buf)), buf)
         self._t = positions[-1] + self._step - last
         self._tail = buf[last:]
+        self._made += len(out)
+        return out
+
+    def flush(self) -> np.ndarray:
+        """The output still inside the filter at the end of the input (its lag)."""
+        if self.src_rate == self.dst_rate or self._fed == 0:
+            return np.zeros(0)
+        want = int(self._fed * self.dst_rate / self.src_rate) - self._made
+        if want <= 0:
+            return np.zeros(0)
+        out = self.process(np.zeros(self._delay + int(self._step) + 2))[:want]
+        self._fed = self._made = 0
         return out
 
 
@@ -251,6 +267,7 @@ class WavSource:
             else:
                 x = _decode(raw, fmt.width, fmt.is_float, fmt.channels)
                 yield to_int16_bytes(resampler.process(x))
+        yield to_int16_bytes(resampler.flush())
 
     def frames(self) -> Iterator[AudioFrame]:
         return frames_from_blocks(self._blocks(), self.frame_ms)
@@ -286,6 +303,7 @@ class RawPcmSource:
             else:
                 x = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
                 yield to_int16_bytes(resampler.process(x))
+        yield to_int16_bytes(resampler.flush())
 
     def frames(self) -> Iterator[AudioFrame]:
         return frames_from_blocks(self._blocks(), self.frame_ms)

@@ -13,8 +13,10 @@ floor (no extra model or dependency, cheap enough for the glasses' CPU, determin
 * an utterance shorter than ``min_utterance_ms`` of voiced audio is marked ``too_short`` (a
   cough, a click); :func:`earmark.device.stt.utterances` drops it.
 
-The noise floor follows the quietest recent level: it falls at once and rises slowly
-(``floor_rise_db_per_s``), so steady background noise is learned but speech is not.
+The noise floor is a low percentile (``floor_percentile``) of the frame levels over the last
+``floor_window_ms``: steady background noise (a fan, a car) becomes the floor within a second or
+two, while the pauses between words keep the floor down during speech. The first frame of a
+source is its own floor, so a recording that starts in a noisy room does not start "speaking".
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class VadConfig:
     silence_timeout_ms: int = 700  # unvoiced audio that ends an utterance
     min_utterance_ms: int = 200  # voiced audio an utterance needs to count
     max_utterance_ms: int = 20_000  # longer speech is cut into pieces of this length
-    floor_rise_db_per_s: float = 3.0  # how fast the noise floor may rise
-    initial_floor_dbfs: float = -60.0
+    floor_window_ms: int = 5000  # history the noise floor is estimated from
+    floor_percentile: float = 10.0  # the floor is this percentile of recent frame levels
 
     def __post_init__(self) -> None:
         if self.frame_ms not in (10, 20, 30, 40, 50, 60):
@@ -93,7 +95,8 @@ class Endpointer:
         self._frame_s = c.frame_ms / 1000
         self._pending = b""
         self._pending_start = 0.0
-        self._floor = c.initial_floor_dbfs
+        self._levels = np.zeros(max(1, c.floor_window_ms // c.frame_ms))
+        self._n_levels = 0
         self._pre: deque[tuple[bytes, float]] = deque(maxlen=max(1, c.pre_roll_ms // c.frame_ms))
         self._in_speech = False
         self._voiced_run = 0  # consecutive voiced frames while waiting to start
@@ -133,13 +136,12 @@ class Endpointer:
 
     def _is_voiced(self, level: float) -> bool:
         c = self.config
-        voiced = level >= c.min_level_dbfs and level >= self._floor + c.threshold_db
-        if level < self._floor:
-            self._floor = level
-        elif not voiced:
-            rise = c.floor_rise_db_per_s * self._frame_s
-            self._floor = min(level, self._floor + rise)
-        return voiced
+        self._levels[self._n_levels % len(self._levels)] = level
+        self._n_levels += 1
+        history = self._levels[: min(self._n_levels, len(self._levels))]
+        k = int(c.floor_percentile / 100 * (len(history) - 1))
+        floor = float(np.partition(history, k)[k])
+        return level >= c.min_level_dbfs and level >= floor + c.threshold_db
 
     def _step(self, pcm: bytes, start: float) -> list[VadEvent]:
         c = self.config

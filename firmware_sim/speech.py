@@ -35,7 +35,7 @@ VOICE_NAME = "en_US-joe-medium"
 NOISE_SCALE = 0.0
 NOISE_W_SCALE = 0.0
 LENGTH_SCALE = 1.0
-_SETTINGS = f"{VOICE_NAME}|ns={NOISE_SCALE}|nw={NOISE_W_SCALE}|ls={LENGTH_SCALE}|sr={SAMPLE_RATE}"
+_SETTINGS = f"{VOICE_NAME}|ns={NOISE_SCALE}|nw={NOISE_W_SCALE}|ls={LENGTH_SCALE}|sr={SAMPLE_RATE}|resampler=2"
 
 _voice: Any = None
 _voice_lock = threading.Lock()
@@ -84,6 +84,7 @@ def _render(text: str) -> bytes:
         for chunk in voice.synthesize(text, syn_config=cfg):
             samples = chunk.audio_float_array.astype(np.float64)
             parts.append(to_int16_bytes(resampler.process(samples)))
+        parts.append(to_int16_bytes(resampler.flush()))
     return b"".join(parts)
 
 
