@@ -35,7 +35,10 @@ VOICE_NAME = "en_US-joe-medium"
 NOISE_SCALE = 0.0
 NOISE_W_SCALE = 0.0
 LENGTH_SCALE = 1.0
-_SETTINGS = f"{VOICE_NAME}|ns={NOISE_SCALE}|nw={NOISE_W_SCALE}|ls={LENGTH_SCALE}|sr={SAMPLE_RATE}|resampler=2"
+_SETTINGS = (
+    f"{VOICE_NAME}|ns={NOISE_SCALE}|nw={NOISE_W_SCALE}|ls={LENGTH_SCALE}"
+    f"|sr={SAMPLE_RATE}|resampler=2"
+)
 
 _voice: Any = None
 _voice_lock = threading.Lock()
