@@ -6,6 +6,12 @@ endpointing, streaming with partial results) to a bare engine loop over the same
 same process. Each engine is measured in its own child process, so one engine's memory does not
 count against the other; timings are medians over ``--rounds`` rounds, alternating earmark and
 bare runs so machine load hits both alike.
+
+Word error rate is reported twice: *cold* is the first pass of a freshly loaded engine, *warm*
+the last pass. The difference is PocketSphinx's live cepstral mean normalisation, which starts
+from a generic estimate and adapts to the microphone and speaker over the first utterances; a
+device that listens all day runs warm. earmark and the bare loop each get their own engine
+instance so neither warms the other.
 """
 
 from __future__ import annotations
@@ -67,8 +73,10 @@ class EngineFigures:
     clips: int
     audio_s: float
     load_s: float
-    wer: float
+    wer: float  # warm: the last pass
     bare_wer: float
+    wer_cold: float  # the first pass of a freshly loaded engine
+    bare_wer_cold: float
     rtf: float  # earmark end-to-end seconds per audio second (median round)
     bare_rtf: float
     overhead: float  # earmark time / bare time, median over rounds
@@ -98,44 +106,59 @@ def _bare_sphinx(engine: object, pcm: bytes) -> str:
     return hyp.hypstr if hyp is not None else ""
 
 
+def _earmark_pass(engine: object, clips: list[tuple[Path, str]]) -> list[str]:
+    from earmark.device.stt import utterances
+
+    texts = []
+    for path, _ in clips:
+        source = open_audio(path)
+        texts.append(" ".join(u.text for u in utterances(source, engine)))  # type: ignore[arg-type]
+        source.close()
+    return texts
+
+
 def measure(engine_name: str, vosk_model: str | None, rounds: int, data_dir: Path) -> EngineFigures:
-    """Run in the child process: load the engine, alternate bare and earmark rounds."""
-    from earmark.device.stt import PocketSphinxEngine, VoskEngine, utterances
+    """Run in the child process: load the engine, alternate earmark and bare rounds."""
+    from earmark.device.stt import PocketSphinxEngine, VoskEngine
     from tqdm import tqdm
+
+    def load() -> object:
+        return VoskEngine(vosk_model) if engine_name == "vosk" else PocketSphinxEngine()
 
     clips = speech_clips(data_dir)
     if not clips:
         raise SystemExit(f"no speech clips under {data_dir}/speech")
+    refs = [ref for _, ref in clips]
     t0 = time.perf_counter()
-    engine = VoskEngine(vosk_model) if engine_name == "vosk" else PocketSphinxEngine()
+    engine = load()
     load_s = time.perf_counter() - t0
     bare = _bare_vosk if engine_name == "vosk" else _bare_sphinx
     pcms = [_pcm(p) for p, _ in clips]  # the bare loop gets its audio for free, in memory
     audio_s = sum(len(p) for p in pcms) / 2 / SAMPLE_RATE
     ours_t, bare_t = [], []
-    ours_text: list[str] = []
-    bare_text: list[str] = []
-    for _ in tqdm(range(rounds), desc=f"bench stt {engine_name}", unit="round", file=sys.stderr):
+    bare_engine = None
+    for i in tqdm(range(rounds), desc=f"bench stt {engine_name}", unit="round", file=sys.stderr):
         t = time.perf_counter()
-        bare_text = [bare(engine, pcm) for pcm in pcms]
-        bare_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ours_text = []
-        for path, _ in clips:
-            source = open_audio(path)
-            ours_text.append(" ".join(u.text for u in utterances(source, engine)))
-            source.close()
+        ours_text = _earmark_pass(engine, clips)
         ours_t.append(time.perf_counter() - t)
-    refs = [ref for _, ref in clips]
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if bare_engine is None:  # peak memory of earmark alone, before the second engine loads
+            rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            bare_engine = load()
+        t = time.perf_counter()
+        bare_text = [bare(bare_engine, pcm) for pcm in pcms]
+        bare_t.append(time.perf_counter() - t)
+        if i == 0:
+            cold = [corpus_wer(zip(refs, x, strict=True)).wer for x in (ours_text, bare_text)]
     return EngineFigures(
         engine=engine_name,
-        description=engine.description,
+        description=engine.description,  # type: ignore[attr-defined]
         clips=len(clips),
         audio_s=round(audio_s, 2),
         load_s=round(load_s, 2),
         wer=corpus_wer(zip(refs, ours_text, strict=True)).wer,
         bare_wer=corpus_wer(zip(refs, bare_text, strict=True)).wer,
+        wer_cold=cold[0],
+        bare_wer_cold=cold[1],
         rtf=statistics.median(ours_t) / audio_s,
         bare_rtf=statistics.median(bare_t) / audio_s,
         overhead=statistics.median(o / b for o, b in zip(ours_t, bare_t, strict=True)),
@@ -155,13 +178,15 @@ def run_child(engine: str, vosk_model: str | None, rounds: int, data_dir: Path) 
 
 def format_table(rows: list[EngineFigures]) -> str:
     head = (
-        f"{'engine':<13}{'clips':>6}{'audio s':>9}{'WER':>8}{'bare WER':>10}{'RTF':>8}"
+        f"{'engine':<13}{'clips':>6}{'audio s':>9}{'WER':>8}{'bare WER':>10}{'cold e/b':>13}"
+        f"{'RTF':>8}"
         f"{'bare RTF':>10}{'overhead':>10}{'peak RSS':>11}{'load s':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.engine:<13}{r.clips:>6}{r.audio_s:>9.1f}{r.wer:>8.1%}{r.bare_wer:>10.1%}"
+            f"  {r.wer_cold:>5.1%}/{r.bare_wer_cold:<5.1%}"
             f"{r.rtf:>8.3f}{r.bare_rtf:>10.3f}{r.overhead:>9.2f}x{r.peak_rss_mb:>8.0f} MB"
             f"{r.load_s:>8.2f}"
         )

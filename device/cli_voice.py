@@ -133,6 +133,7 @@ def bench_stt(args: argparse.Namespace) -> int:
         rows.append(run_child("vosk", str(model), args.rounds, data))
     print(format_table(rows))
     print(f"medians over {args.rounds} rounds; overhead = earmark end-to-end / bare engine loop")
+    print("WER: warm (last pass); cold WER: first pass of a fresh engine, earmark/bare")
     if note:
         print(note)
     if args.json:

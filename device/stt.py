@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "vosk", "pocketsphinx")
 PARTIAL_EVERY_S = 0.25  # how often a stream computes a partial result (it costs a search)
+FEED_BYTES = SAMPLE_RATE // 10 * 2  # audio handed to a recogniser per call: 100 ms (fewer calls)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ class _SphinxStream(_StreamBase):
             w = w.split("(")[0]  # alternate pronunciations are spelt word(2)
             start = self.start + seg.start_frame / frate
             end = self.start + (seg.end_frame + 1) / frate
-            words.append(Word(w, start, end, float(seg.prob)))
+            conf = min(1.0, max(0.0, float(seg.prob)))  # a posterior; rounding can pass 1
+            words.append(Word(w, start, end, conf))
         self._pool.give(dec)
         return self._transcript(words)
 
@@ -272,6 +274,14 @@ def utterances(
     """
     endpointer = Endpointer(vad)
     stream: RecognizerStream | None = None
+    buffered = bytearray()
+
+    def feed(force: bool) -> None:
+        if stream is not None and buffered and (force or len(buffered) >= FEED_BYTES):
+            partial = stream.accept(bytes(buffered))
+            buffered.clear()
+            if partial:
+                log.debug("partial: %r", partial)
 
     def handle(events: list[Any]) -> Iterator[Transcript]:
         nonlocal stream
@@ -279,10 +289,10 @@ def utterances(
             if isinstance(ev, SpeechStart):
                 stream = engine.stream(start=ev.start)
             elif isinstance(ev, SpeechChunk) and stream is not None:
-                partial = stream.accept(ev.pcm)
-                if partial:
-                    log.debug("partial: %r", partial)
+                buffered.extend(ev.pcm)
+                feed(force=False)
             elif isinstance(ev, SpeechEnd) and stream is not None:
+                feed(force=True)
                 transcript = stream.finish()
                 stream = None
                 if ev.too_short or not transcript.words:
