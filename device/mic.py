@@ -116,6 +116,8 @@ class MicSource:
             maxsize=max(1, int(max_queue_s * 1000 / frame_ms))
         )
         self._closed = threading.Event()
+        self._limit_bytes = None if max_seconds is None else int(max_seconds * self.rate) * 2
+        self._captured = 0
         try:
             self._stream = sd.RawInputStream(
                 samplerate=self.rate,
@@ -134,6 +136,18 @@ class MicSource:
         if status:
             log.debug("capture status: %s", status)
         data = bytes(indata)
+        if self._limit_bytes is not None:
+            # capture stops at max_seconds (a device without a clock, such as an ALSA file
+            # device, delivers audio faster than real time and would otherwise overrun)
+            data = data[: self._limit_bytes - self._captured]
+            self._captured += len(data)
+            if self._captured >= self._limit_bytes:
+                self._put(data)
+                self._put(None)
+                raise _sd().CallbackStop
+        self._put(data)
+
+    def _put(self, data: bytes | None) -> None:
         try:
             self._queue.put_nowait(data)
         except queue.Full:  # recognition is far behind: drop the oldest block, keep the newest
@@ -146,8 +160,6 @@ class MicSource:
 
     def _blocks(self) -> Iterator[bytes]:
         resampler = Resampler(self.rate)
-        limit = None if self.max_seconds is None else int(self.max_seconds * self.rate) * 2
-        taken = 0
         while not self._closed.is_set():
             try:
                 raw = self._queue.get(timeout=0.1)
@@ -155,16 +167,13 @@ class MicSource:
                 continue
             if raw is None:
                 break
-            if limit is not None:
-                raw = raw[: limit - taken]
-            taken += len(raw)
             if self.rate == SAMPLE_RATE:
                 yield raw
             else:
                 x = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
                 yield to_int16_bytes(resampler.process(x))
-            if limit is not None and taken >= limit:
-                break
+        if self.rate != SAMPLE_RATE:
+            yield to_int16_bytes(resampler.flush())
         self.close()
 
     def frames(self) -> Iterator[AudioFrame]:

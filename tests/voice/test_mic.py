@@ -123,3 +123,22 @@ for dev in ("no-such-microphone", 999):
     lines = out.stdout.splitlines()
     assert "no capture device by that name" in lines[0]
     assert "no capture device with that index" in lines[1]
+
+
+def test_a_lagging_reader_drops_the_oldest_audio_not_memory(alsa_env: dict) -> None:
+    # the ALSA file device has no clock: it captures far faster than real time, exactly the
+    # situation of a recogniser that has fallen behind a real microphone
+    code = f"""
+import json, time
+from earmark.device.mic import MicSource
+mic = MicSource("{DEVICE}", max_queue_s=0.5)
+time.sleep(1.0)
+held = mic._queue.qsize()
+mic.close()
+print(json.dumps({{"held": held, "dropped": mic.dropped_s}}))
+"""
+    out = run_py(code, alsa_env)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.splitlines()[-1])
+    assert row["dropped"] > 0.0
+    assert row["held"] <= 25  # 0.5 s of 20 ms blocks
