@@ -229,7 +229,23 @@ def _decode(raw: bytes, width: int, is_float: bool, channels: int) -> np.ndarray
     return x
 
 
-class WavSource:
+class _FileSource:
+    """A file read block by block; subclasses say how blocks become 16 kHz int16 bytes."""
+
+    frame_ms: int
+    _file: BinaryIO
+
+    def _blocks(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def frames(self) -> Iterator[AudioFrame]:
+        return frames_from_blocks(self._blocks(), self.frame_ms)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class WavSource(_FileSource):
     """A WAV file of any common rate, width and channel count, as 16 kHz mono frames."""
 
     def __init__(self, path: str | os.PathLike[str], frame_ms: int = FRAME_MS) -> None:
@@ -269,14 +285,8 @@ class WavSource:
                 yield to_int16_bytes(resampler.process(x))
         yield to_int16_bytes(resampler.flush())
 
-    def frames(self) -> Iterator[AudioFrame]:
-        return frames_from_blocks(self._blocks(), self.frame_ms)
 
-    def close(self) -> None:
-        self._file.close()
-
-
-class RawPcmSource:
+class RawPcmSource(_FileSource):
     """Headerless signed 16-bit little-endian mono PCM at a stated rate."""
 
     def __init__(
@@ -304,12 +314,6 @@ class RawPcmSource:
                 x = np.frombuffer(raw, dtype="<i2").astype(np.float64) / 32768.0
                 yield to_int16_bytes(resampler.process(x))
         yield to_int16_bytes(resampler.flush())
-
-    def frames(self) -> Iterator[AudioFrame]:
-        return frames_from_blocks(self._blocks(), self.frame_ms)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class PcmBufferSource:
