@@ -3,10 +3,12 @@
 Sensitive: BBQ contexts (Religion → religion, Sexual_orientation → sexual_orientation,
 Disability_status → health), split by template: odd ``question_index`` templates were used
 while writing the rule lists (dev), even ones are held out; plus the project's own written set
-(``tests/privacy/data/sensitive_heldout.tsv``, every category, never used for tuning).
+(``tests/privacy/data/sensitive_heldout.tsv``, every category, never used for tuning), and
+the topic-model engineer's held-out split ``models/data/heldout_sensitive.jsonl``.
 Ordinary interest utterances: CLINC150 (travel, auto, kitchen and dining, banking, credit
 cards; minus the health intent ``vaccines``), SNIPS and HWU64 interest scenarios, split by
-position (even rows dev, odd rows held out).
+position (even rows dev, odd rows held out), plus ``models/data/heldout_interest.jsonl``
+(held out).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from earmark.errors import EarmarkError
 
 CORPORA = Path("/work/shared/data/corpora")
 OWN_SET = Path(__file__).resolve().parent.parent / "tests" / "privacy" / "data"
+MODEL_DATA = Path(__file__).resolve().parent.parent / "models" / "data"
 BBQ = {"Religion": "religion", "Sexual_orientation": "sexual_orientation",
        "Disability_status": "health"}  # fmt: skip
 CLINC_DOMAINS = ("travel", "auto_and_commute", "kitchen_and_dining", "banking", "credit_cards")
@@ -53,13 +56,26 @@ def sensitive_set(split: str = "heldout", corpora: Path = CORPORA) -> list[Utter
             if line.strip() and not line.startswith("#"):
                 cat, text = line.rstrip("\n").split("\t", 1)
                 out.append(Utterance(text, cat, "earmark"))
+        out += _jsonl(MODEL_DATA / "heldout_sensitive.jsonl", sensitive=True)
     return out
+
+
+def _jsonl(path: Path, sensitive: bool) -> list[Utterance]:
+    """The topic model's held-out splits, when they are there (they ship with the model)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in _open(path) if line.strip()]
+    source = f"models/data/{path.stem}"
+    return [Utterance(r["text"], r["category"] if sensitive else None, source) for r in rows]
 
 
 def ordinary_set(split: str = "heldout", corpora: Path = CORPORA) -> list[Utterance]:
     rows = list(_ordinary(corpora))
     parity = 1 if split == "heldout" else 0
-    return [u for i, u in enumerate(rows) if i % 2 == parity]
+    out = [u for i, u in enumerate(rows) if i % 2 == parity]
+    if split == "heldout":
+        out += _jsonl(MODEL_DATA / "heldout_interest.jsonl", sensitive=False)
+    return out
 
 
 def _ordinary(corpora: Path) -> Iterator[Utterance]:
