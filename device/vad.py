@@ -160,7 +160,8 @@ class Endpointer:
             frames = list(self._pre)
             self._pre.clear()
             self._end = end
-            return [SpeechStart(frames[0][1])] + [SpeechChunk(p, s) for p, s in frames]
+            started: list[VadEvent] = [SpeechStart(frames[0][1])]
+            return started + [SpeechChunk(p, s) for p, s in frames]
         events: list[VadEvent] = [SpeechChunk(pcm, start)]
         self._length += 1
         self._end = end

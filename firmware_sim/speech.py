@@ -143,13 +143,13 @@ def concatenate(
     ``lead_s`` of silence (default ``gap_s``) comes before the first clip and after the last,
     so the endpointer sees speech begin and end. Without ``out`` the result is cached too.
     """
-    paths = [Path(p) for p in paths]
+    clips = [Path(p) for p in paths]
     lead = gap_s if lead_s is None else lead_s
     gap = b"\x00\x00" * int(round(gap_s * SAMPLE_RATE))
     edge = b"\x00\x00" * int(round(lead * SAMPLE_RATE))
-    pcm = edge + gap.join(read_pcm(p) for p in paths) + edge
+    pcm = edge + gap.join(read_pcm(p) for p in clips) + edge
     if out is None:
-        key = "|".join(p.name for p in paths) + f"|{gap_s}|{lead}"
+        key = "|".join(p.name for p in clips) + f"|{gap_s}|{lead}"
         out = cache_dir() / f"cat-{hashlib.sha256(key.encode()).hexdigest()[:24]}.wav"
         if Path(out).exists():
             return Path(out)
