@@ -36,6 +36,7 @@ def register(cli: Cli) -> None:
     p.add_argument("--ca", help="CA bundle for mqtts://")
     p.add_argument("--cert", help="client certificate for mqtts:// (mutual TLS)")
     p.add_argument("--key", help="client key for --cert")
+    p.add_argument("--policy", help="privacy policy file (default: the shipped one)")
     p.add_argument("--engine", default="auto", help="auto | vosk | pocketsphinx")
     p.add_argument("--vosk-model", help="Vosk model directory")
     reg = p.add_argument_group("where the device is (no signal at all: nothing is sent)")
@@ -97,6 +98,7 @@ def cmd_device(args: argparse.Namespace) -> int:
         hardware=hardware,
         engine=args.engine,
         vosk_model=args.vosk_model,
+        policy_path=args.policy,
     )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

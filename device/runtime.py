@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from earmark.device.hardware import Hardware, Throttle
-from earmark.device.outbox import Outbox, OutboxLedger
+from earmark.device.outbox import Outbox
 
 from earmark.clock import Clock
 from earmark.errors import EarmarkError
@@ -35,6 +35,7 @@ from earmark.wire import DeletionRequest, SignalBatch
 
 if TYPE_CHECKING:
     from earmark.device.audio import AudioFrame, AudioSource
+    from earmark.device.consent import ConsentStore
     from earmark.device.privacy import PrivacyDecision, RegionSignals
     from earmark.device.publisher import BrokerConfig, Publisher
     from earmark.device.stt import SttEngine, Transcript
@@ -102,6 +103,7 @@ class DeviceRuntime:
         publisher: Publisher | None = None,
         vad: Any = None,
         on_decision: Callable[[PrivacyDecision], None] | None = None,
+        consent: ConsentStore | None = None,
     ) -> None:
         self.device_id = device_id
         self.clock = clock
@@ -114,6 +116,7 @@ class DeviceRuntime:
         self.publisher = publisher
         self.vad = vad
         self.on_decision = on_decision
+        self.consent = consent
         self.stats = RuntimeStats()
         self._throttle = Throttle.NORMAL
         self._last_poll: float | None = None
@@ -176,13 +179,24 @@ class DeviceRuntime:
         """Close the open window now (end of a recording, shutdown) and queue it."""
         self._queue(self.batcher.flush(self.clock.now()))
 
-    def request_deletion(self) -> int:
-        """Consent revoked: drop queued batches, queue a deletion request; returns its seq."""
-        discarded = self.outbox.discard_pending()
+    def request_deletion(self) -> int | None:
+        """Consent revoked: stop, drop queued batches and open windows, queue a deletion.
+
+        With a consent store the revoke goes through it (state first, so signals stop at
+        once); returns the deletion request's sequence number.
+        """
         now = self.clock.now()
-        seq = self.outbox.put(
-            DeletionRequest(self.device_id, 0, requested_window=int(now // 3600) * 3600)
-        )
+        if self.consent is not None:
+            result = self.consent.revoke(now, self.outbox, self.device_id)
+            discarded, seq = result.discarded, result.deletion_seq
+        else:
+            discarded = self.outbox.discard_pending()
+            seq = self.outbox.put(
+                DeletionRequest(self.device_id, 0, requested_window=int(now // 3600) * 3600)
+            )
+        discard = getattr(self.batcher, "discard", None)
+        if discard is not None:
+            discard(now, "consent_revoked")
         self.stats.deletions_queued += 1
         log.info("deletion requested: %d queued batches discarded, seq=%d", discarded, seq)
         if self.publisher is not None:
@@ -284,6 +298,8 @@ def build_runtime(
     engine: str | SttEngine = "auto",
     vosk_model: str | None = None,
     classifier: Classifier | None = None,
+    policy_path: str | Path | None = None,
+    taxonomy: Any = None,
 ) -> DeviceRuntime:
     """Wire the real parts for one device from its state dir (consent, ledger, outbox).
 
@@ -296,7 +312,9 @@ def build_runtime(
 
     if not DEVICE_ID_RE.match(device_id):
         raise EarmarkError(f"device id {device_id!r} must match {DEVICE_ID_RE.pattern}")
-    parts = _privacy_parts(state_dir, device_id, clock)
+    from earmark.device.privacy import build_parts
+
+    parts = build_parts(state_dir, device_id, clock, policy_path=policy_path, taxonomy=taxonomy)
     outbox = Outbox(
         state_dir,
         clock=clock,
@@ -324,21 +342,5 @@ def build_runtime(
         batcher=parts.batcher,
         outbox=outbox,
         publisher=publisher,
-    )
-
-
-@dataclass
-class _PrivacyParts:
-    gate: Gate
-    batcher: Batcher
-    ledger: OutboxLedger | None
-
-
-def _privacy_parts(state_dir: Path, device_id: str, clock: Clock) -> _PrivacyParts:
-    try:
-        from earmark.device import privacy
-    except ImportError as err:
-        raise EarmarkError(f"the privacy gate is not available ({err})") from None
-    raise EarmarkError(
-        f"cannot build the privacy gate from {privacy.__name__}: not wired yet ({device_id})"
+        consent=parts.consent,
     )

@@ -42,6 +42,22 @@ def batch(device_id: str = "dev-0001", hour: int = 500_000, tag: str = "483") ->
     )
 
 
+class ManualClock:
+    """An earmark.clock.Clock that moves only when the test says so."""
+
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
 @dataclass
 class RecordingLedger:
     """Implements earmark.device.outbox.OutboxLedger by recording calls."""

@@ -12,23 +12,9 @@ import pytest
 from earmark.device.outbox import Outbox, OutboxError
 
 from earmark.wire import DeletionRequest, SignalBatch, decode
-from tests.transport.conftest import RecordingLedger, batch
+from tests.transport.conftest import ManualClock, RecordingLedger, batch
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class ManualClock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def test_sequence_numbers_are_assigned_in_order_and_survive_reopen(tmp_path: Path) -> None:
