@@ -15,17 +15,13 @@ Rates are medians over the rounds; the ratio is earmark's end-to-end rate over b
 
 from __future__ import annotations
 
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from earmark.device.outbox import Outbox
@@ -47,36 +43,11 @@ class Round:
 
 @contextmanager
 def local_broker() -> Iterator[BrokerConfig]:
-    """A throwaway Mosquitto on a free loopback port, queues unlimited, no persistence file."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        raise EarmarkError("mosquitto is not installed; pass --broker mqtt://HOST:PORT")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="earmark-bench-") as tmp:
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-            "max_inflight_messages 1000\nset_tcp_nodelay true\n"
-        )
-        proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise EarmarkError("mosquitto did not start") from None
-                    time.sleep(0.02)
-            yield BrokerConfig(host="127.0.0.1", port=port)
-        finally:
-            proc.terminate()
-            proc.wait(5)
+    """A throwaway Mosquitto (the gateway's launcher: queues unlimited, loopback only)."""
+    from earmark.gateway.broker import LocalBroker
+
+    with LocalBroker() as broker:
+        yield BrokerConfig.from_url(broker.url)
 
 
 def sample_batch(i: int) -> SignalBatch:
