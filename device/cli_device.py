@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from earmark.cli import Cli
@@ -114,7 +115,7 @@ def cmd_device(args: argparse.Namespace) -> int:
                 try:
                     runtime.run(WavSource(path))
                 except EarmarkError as err:  # one bad file must not stop the others
-                    print(f"earmark: error: {err}", flush=True)
+                    print(f"earmark: error: {err}", file=sys.stderr, flush=True)
             runtime.flush()
             runtime.close(drain_timeout=args.drain_timeout)
     except KeyboardInterrupt:

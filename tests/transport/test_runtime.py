@@ -232,7 +232,7 @@ def test_earmark_device_command(
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert "missing.wav" in out.stdout  # one bad file reported, the rest processed
+    assert "missing.wav: no such file" in out.stderr  # one bad file reported, rest processed
     assert "1 utterances (published 1); 1 batches queued, 0 still in the outbox" in out.stdout
     assert collector.wait_for(1) == [1]
     assert "planning" not in out.stdout + out.stderr
