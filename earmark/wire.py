@@ -187,7 +187,7 @@ def _reject_constant(name: str) -> Any:
 def from_dict(obj: Any, tag_check: TagCheck | None = None) -> Message:
     if not isinstance(obj, dict):
         raise WireError("not_object", f"expected a JSON object, got {type(obj).__name__}")
-    if obj.get("v") != SCHEMA_VERSION:
+    if obj.get("v") != SCHEMA_VERSION or isinstance(obj.get("v"), bool):  # true == 1 in Python
         raise WireError(
             "schema_version", f"v={obj.get('v')!r}, this side speaks v={SCHEMA_VERSION}"
         )
