@@ -16,6 +16,8 @@ from earmark.device.audio import (
     WavSource,
     open_audio,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from earmark.errors import AudioError
 from tests.voice.conftest import read_pcm, samples
@@ -188,3 +190,23 @@ def test_directory_and_empty_raw(tmp_path: Path) -> None:
         open_audio(tmp_path)
     with pytest.raises(AudioError, match="zero-length audio"):
         open_audio(write(tmp_path, "x.raw", b""))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rate=st.sampled_from([8000, 11025, 22050, 44100, 48000]),
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), min_size=1, max_size=12),
+)
+def test_resampler_block_boundaries_never_change_the_output(rate: int, cuts: list[int]) -> None:
+    x = np.sin(np.arange(sum(cuts) + 500) * 0.013) * 0.5
+    whole = Resampler(rate).process(x)
+    r = Resampler(rate)
+    parts, at = [], 0
+    for n in [*cuts, len(x) - sum(cuts)]:
+        parts.append(r.process(x[at : at + n]))
+        at += n
+    assert np.allclose(np.concatenate(parts), whole)
+    expected = len(x) * SAMPLE_RATE / rate
+    r2 = Resampler(rate)
+    total = len(r2.process(x)) + len(r2.flush())
+    assert abs(total - expected) <= 1.0

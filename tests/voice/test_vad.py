@@ -13,6 +13,8 @@ from earmark.device.vad import (
     VadConfig,
     level_dbfs,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 RNG_SEED = 7
 
@@ -137,3 +139,29 @@ def test_levels_and_bad_config() -> None:
         VadConfig(frame_ms=15)
     with pytest.raises(ValueError):
         VadConfig(silence_timeout_ms=-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=2000), min_size=1, max_size=30),
+    gaps=st.lists(st.floats(min_value=0.1, max_value=1.5), min_size=1, max_size=3),
+)
+def test_events_do_not_depend_on_how_frames_are_cut(sizes: list[int], gaps: list[float]) -> None:
+    parts: list[tuple[str, float]] = [("silence", 0.5)]
+    for g in gaps:
+        parts += [("speech", 0.6), ("silence", g)]
+    pcm = layout(parts)
+    reference = [(round(s, 3), round(e, 3)) for s, e, _ in spans(run(pcm))]
+    ep = Endpointer()
+    events: list[object] = []
+    at, i = 0, 0
+    while at < len(pcm):
+        n = sizes[i % len(sizes)] * 2  # whole samples
+        events += ep.feed(AudioFrame(pcm[at : at + n], at / 2 / SAMPLE_RATE))
+        at, i = at + n, i + 1
+    got = [(round(s, 3), round(e, 3)) for s, e, _ in spans(events + ep.flush())]
+    assert got == reference
+    # a gap shorter than the silence timeout joins speech; a longer one separates it
+    assert len(reference) == 1 + sum(g >= 0.7 + 0.02 for g in gaps[:-1]) or any(
+        abs(g - 0.7) < 0.05 for g in gaps
+    )
