@@ -8,6 +8,7 @@ from earmark.device.policy import Policy, load_policy
 from earmark.device.privacy import PrivacyParts, RegionSignals, build_parts
 
 from earmark.taxonomy import Taxonomy, load_taxonomy
+from tests.transport.conftest import ManualClock as _ManualClock
 
 HOUR = 3600
 T0 = 1_800_000_000 - 1_800_000_000 % HOUR + 60  # one minute into an hour window
@@ -16,18 +17,11 @@ PARIS = RegionSignals(48.8566, 2.3522, "US", "310", "en_US", "America/New_York")
 DEVICE = "glasses-0001"
 
 
-class ManualClock:
+class ManualClock(_ManualClock):
+    """The transport tests' manual clock, starting one minute into an hour window."""
+
     def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
+        super().__init__(t)
 
 
 @pytest.fixture(scope="session")
