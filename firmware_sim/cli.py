@@ -49,7 +49,8 @@ def register(cli: Cli) -> None:
 def _quiet_logs(verbose: bool) -> None:
     """Expected faults (link cuts, power loss) are the point of a simulation, not warnings."""
     if not verbose:
-        for name in ("earmark.device.publisher", "earmark.gateway", "earmark.device.runtime"):
+        quiet = ("publisher", "outbox", "runtime", "consent")
+        for name in [f"earmark.device.{m}" for m in quiet] + ["earmark.gateway"]:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -40,8 +40,10 @@ def explain(reason: str) -> str:
         return f"a sensitive topic ({cat}, caught by the {by} layer): the whole utterance dropped"
     if head == "region_blocked":
         return f"the device was in {rest} (EU/EEA/UK): nothing leaves there"
-    if head.startswith("region"):
-        return "the device could not tell where it is (signals absent or in conflict): fail closed"
+    if head.startswith("near_blocked"):
+        return f"the device was at or near a blocked coast or border ({rest}): fail closed"
+    if head in ("no_signal", "conflict", "open_sea", "unknown") or "gps" in rest:
+        return "the device could not tell where it is (signals absent, at sea or in conflict)"
     if head == "window_discarded":
         return f"an open window was discarded ({rest})"
     return reason

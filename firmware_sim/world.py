@@ -36,6 +36,7 @@ from earmark.firmware_sim.simclock import SimClock
 log = logging.getLogger(__name__)
 
 SETTLE_S = 5.0  # real seconds a device with a live link gets to upload after an event
+STEP_S = 300.0  # simulated seconds between hardware polls while nothing happens
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class World:
         classifier: Any = None,
         observer: Observer | None = None,
         settle_s: float = SETTLE_S,
+        step_s: float = STEP_S,
     ) -> None:
         self.scenario = scenario
         self.services = services
@@ -193,6 +195,7 @@ class World:
         self.taxonomy = services.taxonomy
         self.observer = observer or (lambda o: None)
         self.settle_s = settle_s
+        self.step_s = step_s
         day0 = (int(time.time()) // 86400 - scenario.days_ago) * 86400
         self.clock = SimClock(day0, speed=speed)
         self.start_t = float(day0)
@@ -220,12 +223,19 @@ class World:
 
     def run(self) -> None:
         for event in self.scenario.events:
-            self.clock.advance_to(self.start_t + event.t)
-            self._wake_and_poll()
+            self.advance_to(self.start_t + event.t)
             for dev in self._targets(event):
                 self._apply(dev, event)
             self._settle()
         self.finish()
+
+    def advance_to(self, t: float) -> None:
+        """Let simulated time pass, polling every device each ``step_s`` as its firmware would."""
+        while self.clock.now() + self.step_s < t:
+            self.clock.advance(self.step_s)
+            self._wake_and_poll()
+        self.clock.advance_to(t)
+        self._wake_and_poll()
 
     def finish(self, drain_timeout: float = 30.0) -> None:
         """End of the day: close every window, reboot the dead, upload, let the gateway merge."""
@@ -298,8 +308,9 @@ class World:
         elif e.kind == "consent":
             self._consent(dev, e.value)
         elif e.kind == "power":
+            pending = dev.outbox.count()
             dev.power_loss(e.options["down_s"])
-            self._emit(dev, "power", state="lost", down_s=e.options["down_s"])
+            self._emit(dev, "power", state="lost", down_s=e.options["down_s"], pending=pending)
 
     def _consent(self, dev: SimDevice, granted: bool) -> None:
         now = self.clock.now()
@@ -386,7 +397,12 @@ class World:
             for r in records[dev.reported_sent :]:
                 tags = [(t["id"], t["w"]) for t in r.message.get("tags", [])]
                 self._emit(
-                    dev, "sent", seq=r.seq, message=r.kind, tags=tags, bytes=len(_payload(r.message))
+                    dev,
+                    "sent",
+                    seq=r.seq,
+                    message=r.kind,
+                    tags=tags,
+                    bytes=len(_payload(r.message)),
                 )
                 changed_users.add(dev.plan.user_id)
             dev.reported_sent = len(records)

