@@ -197,3 +197,33 @@ if __name__ == "__main__":  # the child process: one engine, figures as one JSON
     name, n_rounds, data = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     model = sys.argv[4] if len(sys.argv) > 4 else None
     print(json.dumps(asdict(measure(name, model, n_rounds, data))))
+
+
+def plot(rows: list[EngineFigures], path: Path) -> Path:
+    """RTF and WER side by side, earmark next to the bare engine (needs the plot extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rtf, ax_wer) = plt.subplots(1, 2, figsize=(9, 3.6))
+    names = [
+        r.engine
+        + ("\n(Korean model: WER\nmeaningless on English)" if "_ko" in r.description else "")
+        for r in rows
+    ]
+    xs = range(len(rows))
+    ax_rtf.bar([x - 0.2 for x in xs], [r.rtf for r in rows], 0.4, label="earmark end-to-end")
+    ax_rtf.bar([x + 0.2 for x in xs], [r.bare_rtf for r in rows], 0.4, label="bare engine loop")
+    ax_rtf.axhline(0.3, color="grey", linestyle="--", linewidth=1, label="target 0.3")
+    ax_rtf.set(title="real-time factor (lower is faster)", xticks=list(xs), xticklabels=names)
+    ax_rtf.legend(fontsize=8)
+    ax_wer.bar([x - 0.2 for x in xs], [r.wer * 100 for r in rows], 0.4, label="warm")
+    ax_wer.bar([x + 0.2 for x in xs], [r.wer_cold * 100 for r in rows], 0.4, label="cold")
+    ax_wer.axhline(25, color="grey", linestyle="--", linewidth=1, label="target 25%")
+    ax_wer.set(title="word error rate, % (shared clips)", xticks=list(xs), xticklabels=names)
+    ax_wer.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -136,6 +136,10 @@ def bench_stt(args: argparse.Namespace) -> int:
     print("WER: warm (last pass); cold WER: first pass of a fresh engine, earmark/bare")
     if note:
         print(note)
+    if args.plot:
+        from earmark.device.bench_stt import plot
+
+        print(f"chart written to {plot(rows, Path(args.plot))}")
     if args.json:
         from dataclasses import asdict
 
@@ -166,3 +170,4 @@ def register(cli: Cli) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds per engine (medians)")
     p.add_argument("--data", help="shared data folder holding speech/ (default ../shared/data)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--plot", metavar="PNG", help="also draw the figures (needs matplotlib)")
