@@ -28,6 +28,9 @@ def register(cli: Cli) -> None:
     src.add_argument("--wav", nargs="+", metavar="FILE", help="process these recordings")
     p.add_argument("--mic-device", help="microphone name or index (see `earmark devices`)")
     p.add_argument(
+        "--max-seconds", type=float, help="with --mic: stop after this much audio (default: never)"
+    )
+    p.add_argument(
         "--state", type=Path, help="state dir (default $EARMARK_HOME or ~/.local/share/earmark)"
     )
     p.add_argument("--username", help="MQTT username (default: the device id)")
@@ -54,7 +57,7 @@ def register(cli: Cli) -> None:
         "--drain-timeout",
         type=float,
         default=15.0,
-        help="after --wav input, seconds to wait for the outbox to drain (default 15)",
+        help="when the audio ends, seconds to wait for the outbox to drain (default 15)",
     )
 
     b = cli.command(
@@ -107,7 +110,10 @@ def cmd_device(args: argparse.Namespace) -> int:
             from earmark.device.mic import MicSource
 
             dev = args.mic_device
-            runtime.run(MicSource(device=int(dev) if dev and dev.isdigit() else dev))
+            mic = MicSource(int(dev) if dev and dev.isdigit() else dev, args.max_seconds)
+            runtime.run(mic)
+            runtime.flush()
+            runtime.close(drain_timeout=args.drain_timeout)
         else:
             from earmark.device.audio import WavSource
 
@@ -118,8 +124,9 @@ def cmd_device(args: argparse.Namespace) -> int:
                     print(f"earmark: error: {err}", file=sys.stderr, flush=True)
             runtime.flush()
             runtime.close(drain_timeout=args.drain_timeout)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: queue the open window, try to send it
         runtime.flush()
+        runtime.close(drain_timeout=min(args.drain_timeout, 5.0))
     finally:
         runtime.close()
     s = runtime.stats

@@ -8,6 +8,7 @@ the clock a manual one, so windows close when the test says so.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from earmark.device.audio import WavSource
+from earmark.device.consent import ConsentStore
 from earmark.device.hardware import PowerState, Throttle
 from earmark.device.ledger import Ledger
 from earmark.device.privacy import RegionSignals
@@ -107,8 +109,6 @@ def device(
     *,
     link: bool = True,
 ) -> tuple[DeviceRuntime, ManualClock, SettableHardware]:
-    from earmark.device.consent import ConsentStore
-
     hw = hw or SettableHardware()
     hw.link = link
 
@@ -236,3 +236,35 @@ def test_earmark_device_command(
     assert "1 utterances (published 1); 1 batches queued, 0 still in the outbox" in out.stdout
     assert collector.wait_for(1) == [1]
     assert "planning" not in out.stdout + out.stderr
+
+
+def test_earmark_device_on_a_microphone(
+    tmp_path: Path, secure_broker: Broker, collector: Collector, speech
+) -> None:
+    """--mic through real PortAudio/ALSA: a test-owned ALSA capture device of type file."""
+    from earmark.firmware_sim.speech import read_pcm
+
+    infile = tmp_path / "mic.raw"
+    infile.write_bytes(read_pcm(speech["interest"]) + bytes(16000 * 2 * 2))
+    conf = tmp_path / "asound.conf"
+    conf.write_text(
+        "</usr/share/alsa/alsa.conf>\n"
+        "pcm.earmark_device_mic {\n"
+        '    type file\n    slave.pcm "null"\n    file "/dev/null"\n'
+        f'    infile "{infile}"\n    format "raw"\n}}\n'
+    )
+    env = dict(os.environ, ALSA_CONFIG_PATH=str(conf))
+    state = tmp_path / "state"
+    ConsentStore(state).grant(0.0, "dev-0001")
+    out = subprocess.run(
+        [sys.executable, "-m", "earmark", "device", "--broker", secure_broker.url,
+         "--device-id", "dev-0001", "--password", DEVICES["dev-0001"], "--state", str(state),
+         "--engine", "pocketsphinx", "--mic", "--mic-device", "earmark_device_mic",
+         "--max-seconds", "8", "--country", "US", "--lat", "40.71", "--lon", "-74.0"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "(published 1)" in out.stdout
+    assert collector.wait_for(1) == [1]
+    (batch,) = payloads(collector)
+    assert [t["id"] for t in batch["tags"]] == [TRAVEL]  # type: ignore[index]
