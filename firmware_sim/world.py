@@ -245,8 +245,11 @@ class World:
             if dev.off:
                 dev.boot()
                 self._emit(dev, "power", state="rebooted")
+            queued = dev.runtime.stats.batches_queued
             dev.runtime.poll()
             dev.runtime.flush()
+            if dev.runtime.stats.batches_queued > queued:
+                self._emit(dev, "queued", batches=dev.runtime.stats.batches_queued - queued)
         self._settle(timeout=drain_timeout, all_devices=True)
 
     def _targets(self, event: Event) -> list[SimDevice]:
