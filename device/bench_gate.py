@@ -84,7 +84,7 @@ def run_bench(n: int, rounds: int, use_model: bool = True, as_json: bool = False
         layer_hits: dict[str, Counter[str]] = defaultdict(Counter)
         per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         per_src: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        false_supp = Counter()
+        false_supp: Counter[str] = Counter()
         for u, s in zip(utts, scores, strict=True):
             hits = gate.sensitive.check(u.text, s)  # type: ignore[arg-type]
             layers = {h.layer for h in hits}

@@ -5,8 +5,9 @@ SQLite in the state dir (``ledger.sqlite3``). It records
 * every message the broker acknowledged (``record_sent``, called by the publisher on PUBACK,
   keyed by sequence number so a resend after a power cut is recorded once), byte for byte;
 * every message dropped unsent (``record_dropped``: expired, outbox full, consent revoked);
-* every suppressed utterance, as a count per reason and day (``record_suppression``);
-  the reasons are codes such as ``sensitive:health:rules``, never text;
+* every suppressed utterance, as a count per reason and day (``record_suppression``,
+  buffered for up to a second); the reasons are codes such as ``sensitive:health:rules``,
+  never text;
 * for each tag of each window, why it was inferred: the topic's category and how many
   utterances supported it (``record_inference``), never the utterances;
 * the local-differential-privacy budget spent so far (``spend``), so the device can refuse to
@@ -55,6 +56,7 @@ class SentRecord:
 
 class Ledger:
     FILENAME = "ledger.sqlite3"
+    FLUSH_S = 1.0  # suppression counts reach the file within this much device time
 
     def __init__(self, state_dir: Path | str, clock: object | None = None) -> None:
         from earmark.clock import SystemClock
@@ -62,6 +64,8 @@ class Ledger:
         self.path = Path(state_dir) / self.FILENAME
         self.clock = clock or SystemClock()
         self._lock = threading.RLock()
+        self._pending: dict[tuple[int, str], int] = {}  # (day, reason) → count not yet written
+        self._flushed_at = float("-inf")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -114,12 +118,26 @@ class Ledger:
             )
 
     def record_suppression(self, reason: str, now: float, count: int = 1) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO suppressed VALUES (?, ?, ?) ON CONFLICT (day, reason)"
-                " DO UPDATE SET count = count + excluded.count",
-                (int(now // 86400), reason, count),
-            )
+        """Count a refusal. Counts are held in memory and written at most once per
+        ``FLUSH_S`` of device time (and on every read and on close): a commit per utterance
+        would cost more than the rest of the gate."""
+        with self._lock:
+            key = (int(now // 86400), reason)
+            self._pending[key] = self._pending.get(key, 0) + count
+            if now - self._flushed_at >= self.FLUSH_S or now < self._flushed_at:
+                self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        with self._lock:
+            if self._pending:
+                with self._tx() as db:
+                    db.executemany(
+                        "INSERT INTO suppressed VALUES (?, ?, ?) ON CONFLICT (day, reason)"
+                        " DO UPDATE SET count = count + excluded.count",
+                        [(day, reason, n) for (day, reason), n in self._pending.items()],
+                    )
+                self._pending.clear()
+            self._flushed_at = self._now() if now is None else now
 
     def record_inference(self, window_start: int, tag: str, why: str, utterances: int) -> None:
         with self._tx() as db:
@@ -170,6 +188,7 @@ class Ledger:
 
     def suppressions(self) -> dict[str, int]:
         with self._lock:
+            self.flush()
             rows = self._db.execute(
                 "SELECT reason, SUM(count) FROM suppressed GROUP BY reason ORDER BY reason"
             ).fetchall()
@@ -177,7 +196,10 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            try:
+                self.flush()
+            finally:
+                self._db.close()
 
 
 def _window(message: Message) -> tuple[int | None, int | None]:

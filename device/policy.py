@@ -95,14 +95,14 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     r = _Reader(data, source)
-    version = r.str("version")
-    blocked = r.list("region.blocked")
+    version = r.text("version")
+    blocked = r.seq("region.blocked")
     for cc in blocked:
         r.check(_CC.match(str(cc)), "region.blocked", f"{cc!r} is not an ISO alpha-2 code")
     territories = r.table("region.territories", {})
     for k, v in territories.items():
         r.check(_CC.match(k) and _CC.match(str(v)), "region.territories", f"{k}={v!r}")
-    signals = r.list("region.signals")
+    signals = r.seq("region.signals")
     for s in signals:
         r.check(s in REGION_SIGNALS, "region.signals", f"{s!r} not one of {REGION_SIGNALS}")
     r.check(signals, "region.signals", "at least one signal is needed")
@@ -119,7 +119,8 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
             and box[1] < box[3]
         )
         r.check(ok, f"region.enclaves.{name}", "needs country = CC and box = [w, s, e, n]")
-        enclaves.append(Enclave(name, e["country"], tuple(float(x) for x in box)))  # type: ignore[arg-type]
+        w, south, east, n = (float(x) for x in box)  # type: ignore[union-attr]
+        enclaves.append(Enclave(name, e["country"], (w, south, east, n)))
     rules: dict[str, tuple[str, ...]] = {}
     for cat, body in r.table("sensitive.rules", {}).items():
         r.check(cat in SENSITIVE_CATEGORIES, f"sensitive.rules.{cat}", "unknown category")
@@ -131,9 +132,9 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
     for cat, v in overrides.items():
         r.check(cat in SENSITIVE_CATEGORIES, "sensitive.model_thresholds", f"{cat!r}")
         r.check(_unit(v), f"sensitive.model_thresholds.{cat}", "must be in [0, 1]")
-    window_s = r.int("batching.window_s")
+    window_s = r.integer("batching.window_s")
     r.check(window_s in WINDOW_SECONDS, "batching.window_s", f"not one of {WINDOW_SECONDS}")
-    max_tags = r.int("batching.max_tags")
+    max_tags = r.integer("batching.max_tags")
     r.check(1 <= max_tags <= MAX_TAGS, "batching.max_tags", f"must be 1..{MAX_TAGS}")
     eps = r.num("ldp.epsilon")
     r.check(EPSILON_RANGE[0] <= eps <= EPSILON_RANGE[1], "ldp.epsilon", f"not in {EPSILON_RANGE}")
@@ -158,12 +159,12 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
             allow=tuple(_strings(r, "sensitive.allow")),
         ),
         min_score=r.unit("interest.min_score"),
-        max_tags_per_utterance=r.int("interest.max_tags_per_utterance", lo=1),
+        max_tags_per_utterance=r.integer("interest.max_tags_per_utterance", lo=1),
         window_s=window_s,
         max_tags=max_tags,
         max_delay_s=r.num("batching.max_delay_s", lo=0),
-        min_utterances=r.int("batching.min_utterances", lo=1),
-        ldp_enabled=r.bool("ldp.enabled"),
+        min_utterances=r.integer("batching.min_utterances", lo=1),
+        ldp_enabled=r.flag("ldp.enabled"),
         ldp_epsilon=eps,
         ldp_lifetime_budget=budget,
     )
@@ -204,17 +205,17 @@ class _Reader:
             node = node[part]
         return node
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         v = self.get(key)
         self.check(isinstance(v, str) and v, key, "must be a non-empty string")
         return v
 
-    def bool(self, key: str) -> bool:
+    def flag(self, key: str) -> bool:
         v = self.get(key)
         self.check(isinstance(v, bool), key, "must be true or false")
         return v
 
-    def int(self, key: str, lo: int | None = None) -> int:
+    def integer(self, key: str, lo: int | None = None) -> int:
         v = self.get(key)
         self.check(isinstance(v, int) and not isinstance(v, bool), key, "must be an integer")
         self.check(lo is None or v >= lo, key, f"must be ≥ {lo}")
@@ -231,7 +232,7 @@ class _Reader:
         self.check(_unit(v), key, "must be a number in [0, 1]")
         return float(v)
 
-    def list(self, key: str) -> list[Any]:
+    def seq(self, key: str) -> list[Any]:
         v = self.get(key)
         self.check(isinstance(v, list), key, "must be a list")
         return v
