@@ -131,3 +131,18 @@ def test_what_leaves_is_recorded_on_puback_with_why_each_tag_was_inferred(
     assert main(["ledger", "--state", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "Travel" in text and "why: Travel (2 utterances)" in text and "cancer" not in text
+
+
+def test_suppression_counts_reach_the_file_within_a_second_of_device_time(tmp_path: Path) -> None:
+    from earmark.device.ledger import Ledger
+
+    writer = Ledger(tmp_path)
+    writer.record_suppression("no_consent", T0)  # first one is written at once
+    for i in range(5):
+        writer.record_suppression("no_consent", T0 + 0.1 * (i + 1))
+    assert Ledger(tmp_path).suppressions() == {"no_consent": 1}  # another process, mid-second
+    writer.record_suppression("region_blocked:FR", T0 + 1.5)
+    assert Ledger(tmp_path).suppressions() == {"no_consent": 6, "region_blocked:FR": 1}
+    writer.record_suppression("no_consent", T0 + 1.6)
+    writer.close()  # close writes what is pending
+    assert Ledger(tmp_path).suppressions() == {"no_consent": 7, "region_blocked:FR": 1}
