@@ -1,0 +1,40 @@
+"""`earmark demo` and `earmark sim` as a newcomer runs them: own broker, own gateway, cleaned up."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from earmark.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_end_to_end_without_piper(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from earmark.firmware_sim import speech
+
+    def no_piper(text: str) -> Path:  # the demo must use its shipped clips
+        raise AssertionError(f"the demo tried to synthesise {text!r}")
+
+    monkeypatch.setattr(speech, "synthesize", no_piper)
+    before = set(Path(tempfile.gettempdir()).glob("earmark-sim-*"))
+    assert main(["demo", "--report", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "Profile of alice at the gateway" in out
+    profile = out.split("Profile of alice at the gateway")[1].split("Suppressed")[0]
+    for category in ("Travel", "Food & Drink", "Automotive"):
+        assert category in profile
+    suppressed = out.split("Suppressed on the device, and why:")[1]
+    assert "sensitive:health" in suppressed and "region_blocked:FR" in suppressed
+    assert "1/1 devices match exactly" in out
+    assert set(Path(tempfile.gettempdir()).glob("earmark-sim-*")) == before  # cleaned up
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["reconcile"]["alice-g000"]["match"]
+    assert (tmp_path / "report" / "profiles.png").stat().st_size > 10_000
+    lines = (tmp_path / "report" / "timeline.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["kind"] == "sent" for line in lines)
