@@ -336,3 +336,33 @@ def test_kill_is_a_power_cut_the_will_fires_and_the_outbox_keeps_the_rest(
     pub2.stop()
     assert set(collector.wait_for(1000)) == set(range(1, 1001))
     assert left > 0
+
+
+def test_broker_crash_keeps_what_the_last_autosave_holds(
+    tmp_path: Path, secure_broker: Broker
+) -> None:
+    """SIGKILL, not a clean stop: deploy's autosave_interval bounds what a crash can lose.
+
+    The gateway is offline with a persistent session, so acked batches wait in the broker.
+    Once Mosquitto's periodic snapshot (every 10 s) has been written after the last PUBACK,
+    a crash loses none of them.
+    """
+    gw = Collector(secure_broker, ("$share/earmark-gateway/earmark/v1/+/signals",))
+    gw.client.disconnect()  # offline; its session (and queue) stays at the broker
+    gw.client.loop_stop()
+    box = Outbox(tmp_path, ledger=RecordingLedger())
+    for _ in range(50):
+        box.put(batch())
+    pub = start(box, secure_broker)
+    assert pub.wait_drained(20)
+    pub.stop()
+    acked_at = time.time()
+    db = secure_broker.workdir / "mosquitto.db"
+    assert _wait(lambda: db.exists() and db.stat().st_mtime > acked_at + 0.01, timeout=30)
+    secure_broker.kill()  # SIGKILL: no save on exit
+    secure_broker.start()
+    gw = Collector(secure_broker, ("$share/earmark-gateway/earmark/v1/+/signals",))
+    try:
+        assert sorted(set(gw.wait_for(50))) == list(range(1, 51))
+    finally:
+        gw.close()
