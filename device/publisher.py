@@ -101,6 +101,7 @@ class PublisherStats:
     connects: int = 0
     connection_losses: int = 0
     last_error: str | None = None
+    cpu_s: float = 0.0  # CPU seconds of the publisher's thread (network + outbox + ledger)
 
 
 class Publisher:
@@ -232,34 +233,39 @@ class Publisher:
 
     def _run(self) -> None:
         try:
-            while not self._stopping.is_set():
-                if not self._link:
-                    if self._client.is_connected() or self._connected:
-                        self._drop_connection(will=True)
-                    self._wake.wait(0.1)
-                    self._wake.clear()
-                    continue
-                if self._client._sock is None:  # noqa: SLF001 - paho exposes no public check
-                    self._try_connect()
-                    continue
-                # short waits while acks are due, longer when idle: many simulated devices
-                # share one process, and a new batch may wait 0.1 s for its first send
-                rc = self._client.loop(timeout=0.01 if self._inflight else 0.1)
-                if self._killed:
-                    break
-                self._commit_acks()
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    if self._refused:  # CONNACK said no; the retry is already scheduled
-                        self._refused = False
-                    else:
-                        self._lost(f"network loop: {mqtt.error_string(rc)}")
-                    continue
-                if self._connected and not self._paused:
-                    self._fill()
-                if self._wake.is_set():
-                    self._wake.clear()
+            self._loop()
         finally:
             self._shutdown()
+            self.stats.cpu_s = time.thread_time()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._link:
+                if self._client.is_connected() or self._connected:
+                    self._drop_connection(will=True)
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            if self._client._sock is None:  # noqa: SLF001 - paho exposes no public check
+                self._try_connect()
+                continue
+            # short waits while acks are due, longer when idle: many simulated devices
+            # share one process, and a new batch may wait 0.1 s for its first send
+            rc = self._client.loop(timeout=0.01 if self._inflight else 0.1)
+            self.stats.cpu_s = time.thread_time()
+            if self._killed:
+                break
+            self._commit_acks()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                if self._refused:  # CONNACK said no; the retry is already scheduled
+                    self._refused = False
+                else:
+                    self._lost(f"network loop: {mqtt.error_string(rc)}")
+                continue
+            if self._connected and not self._paused:
+                self._fill()
+            if self._wake.is_set():
+                self._wake.clear()
 
     def _try_connect(self) -> None:
         now = time.monotonic()

@@ -78,7 +78,9 @@ class RuntimeStats:
     deletions_queued: int = 0
     silenced_frames: int = 0  # frames replaced by silence (not listening / throttled)
     throttle_changes: int = 0
-    cpu_s: dict[str, float] = field(default_factory=dict)  # stage → process CPU seconds
+    # stage → CPU seconds of the runtime's thread: "listen" (endpointing + STT), "topics",
+    # "gate" (the publisher's own thread counts in Publisher.stats.cpu_s)
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 class DeviceRuntime:
@@ -132,8 +134,10 @@ class DeviceRuntime:
         args = () if self.vad is None else (self.vad,)
         self.poll()
         for transcript in utterances(gated, self.engine, *args):
+            t0 = time.thread_time()
             self.handle_transcript(transcript)
             self.poll()
+            gated.not_listening += time.thread_time() - t0
         self.poll()
         return self.stats
 
@@ -144,12 +148,12 @@ class DeviceRuntime:
             reason = "throttled" if transcript.text.strip() else "empty"
             self.stats.decisions[reason] += 1
             return None
-        t0 = time.process_time()
+        t0 = time.thread_time()
         scores = self.classifier.classify(transcript.text)
-        t1 = time.process_time()
+        t1 = time.thread_time()
         now = self.clock.now()
         decision = self.gate.decide(transcript.text, scores, self.hardware.region_signals(), now)
-        t2 = time.process_time()
+        t2 = time.thread_time()
         self.batcher.add(decision, now)
         cpu = self.stats.cpu_s
         cpu["topics"] = cpu.get("topics", 0.0) + t1 - t0
@@ -249,10 +253,19 @@ class _GatedSource:
         self._source = source
         self._runtime = runtime
         self.name = getattr(source, "name", "audio")
+        self.not_listening = 0.0  # CPU the runtime spent on an utterance during this frame
 
     def frames(self) -> Iterator[AudioFrame]:
+        cpu = self._runtime.stats.cpu_s
         for frame in self._source.frames():
-            yield self._runtime._frame_gate(frame)
+            out = self._runtime._frame_gate(frame)
+            self.not_listening = 0.0
+            t0 = time.thread_time()
+            yield out
+            # the consumer ran between yield and resume: endpointer and recogniser, plus
+            # the runtime's own per-utterance work, which it reports in not_listening
+            spent = time.thread_time() - t0 - self.not_listening
+            cpu["listen"] = cpu.get("listen", 0.0) + max(spent, 0.0)
 
     def close(self) -> None:
         self._source.close()

@@ -139,6 +139,7 @@ def test_speech_to_broker_interest_sent_sensitive_silenced_no_text_leaves(
     assert rt.stats.utterances == 2
     assert rt.stats.decisions["published"] == 1
     assert sum(n for r, n in rt.stats.decisions.items() if r.startswith("sensitive")) == 1
+    assert all(rt.stats.cpu_s[stage] > 0 for stage in ("listen", "topics", "gate"))
     clock.sleep(HOUR + 900)  # the window has closed and its random delay has passed
     rt.poll()
     assert rt.publisher is not None and rt.publisher.wait_drained(20)
