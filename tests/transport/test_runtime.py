@@ -269,3 +269,25 @@ def test_earmark_device_on_a_microphone(
     assert collector.wait_for(1) == [1]
     (batch,) = payloads(collector)
     assert [t["id"] for t in batch["tags"]] == [TRAVEL]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device-id", "bad id!"], "device id 'bad id!' must match"),
+        (["--lat", "40.7"], "--lat and --lon go together"),
+        (["--lat", "140", "--lon", "0"], "is not a position on Earth"),
+        (["--ca", "/nonexistent/ca.crt"], "need an mqtts:// broker URL"),
+        (["--broker", "mqtts://127.0.0.1:1", "--ca", "/nonexistent/ca.crt"], "no such file"),
+    ],
+)
+def test_earmark_device_bad_input_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    from earmark.cli import main
+
+    args = ["device", "--broker", "mqtt://127.0.0.1:1", "--device-id", "dev-0001",
+            "--state", str(tmp_path), "--wav", "x.wav", *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("earmark: error: ") and message in err and "\n" not in err
