@@ -32,7 +32,7 @@ NEW_YORK = RegionSignals(lat=40.71, lon=-74.0, account_country="US", locale="en_
 PARIS = RegionSignals(lat=48.86, lon=2.35, account_country="FR", locale="fr_FR")
 HOUR = 3600
 T0 = 1_800_000_000 - 1_800_000_000 % HOUR + 60  # one minute into an hour window
-INTEREST = "I am planning a hiking trip in the mountains next weekend and I need new boots"
+INTEREST = "I want to book a cheap flight and a hotel for our vacation in Italy"
 SENSITIVE = "my doctor changed the dose of my antidepressant medication for my depression"
 TRAVEL = "653"  # IAB Content 3.1: Travel
 
