@@ -16,9 +16,11 @@ SQLite in the state dir (``ledger.sqlite3``). It records
 
 from __future__ import annotations
 
+import atexit
 import json
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +80,8 @@ class Ledger:
             self._db.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise LedgerError(f"cannot open ledger {self.path}: {err}") from None
+        ref = weakref.ref(self)
+        atexit.register(lambda: _flush_at_exit(ref))  # counts held in memory reach the file
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -200,6 +204,15 @@ class Ledger:
                 self.flush()
             finally:
                 self._db.close()
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[Ledger]) -> None:
+    ledger = ref()
+    if ledger is not None:
+        try:
+            ledger.flush()
+        except sqlite3.Error:  # already closed: nothing was pending
+            pass
 
 
 def _window(message: Message) -> tuple[int | None, int | None]:

@@ -122,7 +122,8 @@ def test_what_leaves_is_recorded_on_puback_with_why_each_tag_was_inferred(
     assert len(sent) == 1 and sent[0].message["tags"][0]["id"] == "653"
     assert [json.loads(p) for p in sub.got] == [sent[0].message]  # the ledger holds what left
     assert sent[0].why["653"] == ["Travel (2 utterances)"]
-    assert parts.ledger.suppressions() == {"sensitive:health:rules": 1}
+    (reason,) = parts.ledger.suppressions()  # the model or the rules, whichever fires first
+    assert reason.startswith("sensitive:health:")
     wire = decode(sub.got[0], taxonomy.status)
     assert isinstance(wire, SignalBatch)
     assert main(["ledger", "--state", str(tmp_path), "--json"]) == 0

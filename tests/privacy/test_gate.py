@@ -42,7 +42,7 @@ def test_a_sensitive_utterance_yields_nothing_not_even_its_innocent_tags(
     loud = dataclasses.replace(scores, topics=(travel, *scores.topics[1:]))
     d = parts.gate.decide(HOTEL, loud, NEW_YORK, T0)
     assert not d.allowed and d.tags == ()
-    assert d.reason == "sensitive:health:rules" and d.layer == "rules"
+    assert d.reason.startswith("sensitive:health:") and "health:rules" in d.fired
 
 
 def test_each_layer_fires_on_its_own(parts: PrivacyParts, classifier, taxonomy) -> None:
@@ -64,9 +64,9 @@ def test_suppressions_are_counted_by_reason_and_hold_no_text(
     for text in (HOTEL, HOTEL, TRAVEL):
         parts.gate.decide(text, classifier.classify(text), NEW_YORK, T0)
     parts.gate.decide(TRAVEL, classifier.classify(TRAVEL), PARIS, T0)
-    assert parts.ledger.suppressions() == {
-        "sensitive:health:rules": 2, "region_blocked:FR": 1,
-    }  # fmt: skip
+    counts = parts.ledger.suppressions()
+    assert counts.pop("region_blocked:FR") == 1
+    assert list(counts.values()) == [2] and next(iter(counts)).startswith("sensitive:health:")
     parts.ledger.close()
     raw = b"".join(p.read_bytes() for p in parts.ledger.path.parent.glob("ledger.sqlite3*"))
     for word in (b"cancer", b"hotel", b"flight", b"paris"):
