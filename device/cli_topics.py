@@ -1,7 +1,159 @@
-"""Subcommands for this capability (placeholder until its issue lands)."""
+"""The topic-model commands: ``classify``, ``eval topics``, ``bench topics``.
+
+``classify`` prints the text it was given back to the user's own terminal (as ``transcribe``
+does); nothing is logged or sent anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Iterable
+from pathlib import Path
 
 from earmark.cli import Cli
+from earmark.errors import EarmarkError
+
+
+def _read_inputs(args: argparse.Namespace) -> list[str]:
+    texts: list[str] = list(args.text)
+    if args.input:
+        try:
+            if args.input == "-":
+                raw = sys.stdin.buffer.read()
+            else:
+                raw = Path(args.input).read_bytes()
+            content = raw.decode("utf-8")
+        except FileNotFoundError:
+            raise EarmarkError(f"input file not found: {args.input}") from None
+        except IsADirectoryError:
+            raise EarmarkError(f"input is a directory, not a text file: {args.input}") from None
+        except UnicodeDecodeError:
+            raise EarmarkError(f"input {args.input} is not UTF-8 text") from None
+        if "\x00" in content:
+            raise EarmarkError(f"input {args.input} is binary, not text")
+        texts += [line for line in content.splitlines() if line.strip()]
+    if not texts:
+        raise EarmarkError("nothing to classify: give TEXT arguments or --input FILE (- for stdin)")
+    return texts
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from earmark.device.topics import TopicClassifier, TopicInputError, normalise
+
+    texts = _read_inputs(args)
+    for n, t in enumerate(texts, 1):
+        if not normalise(t):
+            raise TopicInputError(f"input {n} ({t!r}) has no words to classify")
+    clf = TopicClassifier.load(args.model)
+    for text in texts:
+        scores = clf.classify(text)
+        decision, reason = clf.decide(scores)
+        if args.json:
+            record = {
+                "text": text,
+                "decision": decision,
+                "topics": [
+                    {"id": t.id, "name": t.name, "tier1": t.tier1, "score": round(t.score, 4)}
+                    for t in scores.topics
+                ],
+                "sensitive": [
+                    {"category": c, "score": round(s, 4)}
+                    for c, s in sorted(scores.sensitive.items(), key=lambda kv: -kv[1])
+                ],
+                "reason": reason,
+            }
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            top = scores.topics[0]
+            cat, s = max(scores.sensitive.items(), key=lambda kv: kv[1])
+            print(
+                f"{decision:8s} {top.name} ({top.id}) {top.score:.2f}  sensitive {cat} {s:.2f}"
+                f"  [{reason}]  {text}",
+                flush=True,
+            )
+    return 0
+
+
+def _speech_texts(engine_name: str) -> object:
+    """Replace each held-out text by what the recogniser heard from synthesised speech."""
+    from earmark.device.audio import WavSource
+    from earmark.device.stt import engine_for, utterances
+    from earmark.firmware_sim.speech import synthesize_many
+
+    engine = engine_for(engine_name)
+
+    def heard(items: list) -> Iterable[str]:
+        paths = synthesize_many([i.text for i in items])
+        for path in paths:
+            source = WavSource(path)
+            try:
+                yield " ".join(u.text for u in utterances(source, engine))
+            finally:
+                source.close()
+
+    return heard
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from earmark.device.topics import TopicClassifier
+    from earmark.device.topics_eval import SPLITS, evaluate, format_eval, load_split
+    from tqdm import tqdm
+
+    clf = TopicClassifier.load(args.model)
+    data = Path(args.data) if args.data else None
+    splits = {s: load_split(s, data) for s in SPLITS}
+    if args.limit:
+        rng = random.Random(args.seed)
+        splits = {k: rng.sample(v, min(args.limit, len(v))) for k, v in splits.items()}
+    results = {}
+    text = evaluate(clf, splits, progress=lambda it: tqdm(it, desc="text", leave=False))
+    results["text"] = text
+    if args.speech:
+        heard = _speech_texts(args.engine)
+        results["speech"] = evaluate(
+            clf, splits, texts=heard, progress=lambda it: tqdm(it, desc="speech", leave=False)
+        )
+    if args.json:
+        print(json.dumps({"model": clf.version, **{k: v.as_dict() for k, v in results.items()}}))
+    else:
+        print(f"model {clf.version}, taxonomy {clf.taxonomy.version}")
+        for name, r in results.items():
+            label = "held-out, as text" if name == "text" else f"same, via Piper + {args.engine}"
+            print(format_eval(label, r))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from earmark.device.bench_topics import run_bench
+
+    print(run_bench(args.model, n=args.n, warmup=args.warmup))
+    return 0
 
 
 def register(cli: Cli) -> None:
-    return None
+    p = cli.command("classify", _classify, "score utterances: interest tags, sensitive categories")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="utterances to classify")
+    p.add_argument("--input", metavar="FILE", help="one utterance per line ('-' for stdin)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input, in order")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: shipped artifact)")
+
+    p = cli.command(
+        "topics", _eval, "topic model quality on the held-out splits (text, and speech)", "eval"
+    )
+    p.add_argument("--speech", action="store_true", help="also via Piper TTS + STT")
+    p.add_argument("--engine", default="pocketsphinx", choices=("pocketsphinx", "vosk"))
+    p.add_argument("--limit", type=int, default=0, help="sample N items per split (0: all)")
+    p.add_argument("--seed", type=int, default=7, help="seed for --limit sampling")
+    p.add_argument("--data", metavar="DIR", help="held-out split directory")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: shipped artifact)")
+    p.add_argument("--json", action="store_true")
+
+    p = cli.command(
+        "topics", _bench, "classifier latency vs bare onnxruntime, size, memory", "bench"
+    )
+    p.add_argument("--n", type=int, default=300, help="utterances to time")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--model", metavar="DIR", help="model directory (default: shipped artifact)")

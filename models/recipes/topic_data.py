@@ -1,0 +1,263 @@
+"""Training and held-out utterances for the topic model, from the corpora and seed.toml.
+
+Why it is built like this:
+- Labels are data (corpus_labels.toml, seed.toml); this module only applies them.
+- Everything becomes recogniser-style text (lower case, digits as words, no punctuation),
+  and training gets extra copies with recognition-like noise (dropped, swapped and inserted
+  words), because the device sees PocketSphinx/Vosk output, not typed text.
+- Held-out splits are disjoint by construction: for the project's own utterances, a held-out
+  item never shares its topic phrase, its frame or its sentence with training; corpus items are
+  split per intent. Splits are seeded, so the build is reproducible.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from earmark.device.topics import normalise
+
+HERE = Path(__file__).resolve().parent
+CORPORA = Path("/work/shared/data/corpora")
+SEED = 1234
+CORPUS_TRAIN_CAP = 60  # per intent: keeps the build a few minutes on a shared 2-core machine
+CORPUS_HELDOUT_CAP = 12
+HELDOUT_FRACTION = 0.25
+TAXONOMY_FRAMES_PER_TOPIC = 6
+EXCLUDED_NODES = {"390"}  # Science > Weather: weather questions are no-interest utterances
+SENSITIVE_FRAMES_PER_TOPIC = 12  # sensitive classes have many more topic phrases
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str  # IAB id, "none", or "sensitive:<category>"
+    source: str  # "seed", "clinc150", ...
+
+
+_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()  # noqa: E501
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    if n < 1000:
+        rest = n % 100
+        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " " + number_words(rest))
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def spoken(text: str) -> str:
+    """Recogniser-style text: digits spelled out, then earmark's normalisation."""
+    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()))} ", text)
+    return normalise(text.replace("&", " and "))
+
+
+_FUNCTION_SWAPS = {
+    "to": ["two", "too", "the"],
+    "for": ["four", "from"],
+    "a": ["the", "uh"],
+    "the": ["a", "that"],
+    "and": ["in", "an"],
+    "in": ["and", "on"],
+    "my": ["i", "by"],
+    "i": ["a", "hi"],
+    "is": ["as", "his"],
+    "of": ["a", "have"],
+    "me": ["be", "the"],
+    "on": ["in", "an"],
+}
+_CONTRACTIONS = {"i'm": "i am", "what's": "what is", "don't": "do not", "it's": "it is"}
+_FILLERS = ["uh", "um", "the", "and", "so"]
+
+
+def noisy(text: str, rng: random.Random) -> str:
+    """Recognition-like errors: dropped, swapped and inserted words; contractions split."""
+    out: list[str] = []
+    words = text.split()
+    for w in words:
+        r = rng.random()
+        if r < 0.07 and len(words) > 3:
+            continue
+        if w in _CONTRACTIONS and rng.random() < 0.5:
+            out.extend(_CONTRACTIONS[w].split())
+            continue
+        if w in _FUNCTION_SWAPS and rng.random() < 0.25:
+            w = rng.choice(_FUNCTION_SWAPS[w])
+        elif rng.random() < 0.04 and len(w) > 4:
+            w = w[:-1] if w.endswith("s") and not w.endswith("ss") else w + "s"
+        out.append(w)
+        if rng.random() < 0.04:
+            out.append(rng.choice(_FILLERS))
+    return " ".join(out) or text
+
+
+def _split(items: list, rng: random.Random, fraction: float) -> tuple[list, list]:
+    items = list(items)
+    rng.shuffle(items)
+    k = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
+    return items[k:], items[:k]
+
+
+def seed_examples(rng: random.Random) -> tuple[list[Example], list[Example]]:
+    seed = tomllib.loads((HERE / "seed.toml").read_text(encoding="utf-8"))
+    # One frame pool for interest and sensitive classes alike: the frame must not predict
+    # the label, so the heads learn from the topic, which is what held-out items change.
+    tr_frames, ho_frames = _split(
+        seed["frames"]["interest"] + seed["frames"]["sensitive"], rng, 0.3
+    )
+    train: list[Example] = []
+    held: list[Example] = []
+    for label, cls in seed["classes"].items():
+        per_topic = SENSITIVE_FRAMES_PER_TOPIC if label.startswith("sensitive:") else None
+        tr_topics, ho_topics = _split(cls["topics"], rng, HELDOUT_FRACTION)
+        tr_sent, ho_sent = _split(cls["sentences"], rng, HELDOUT_FRACTION)
+        for s in tr_sent:
+            train.append(Example(spoken(s), label, "seed"))
+        for t in tr_topics:
+            fs = rng.sample(tr_frames, per_topic) if per_topic else tr_frames
+            for f in fs:
+                train.append(Example(spoken(f.format(t=t)), label, "seed"))
+        for s in ho_sent:
+            held.append(Example(spoken(s), label, "seed"))
+        for t in ho_topics:
+            for f in rng.sample(ho_frames, min(3, len(ho_frames))):
+                held.append(Example(spoken(f.format(t=t)), label, "seed"))
+    return train, held
+
+
+def _snips_text(path: Path) -> list[str]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    (rows,) = data.values()
+    return ["".join(part["text"] for part in row["data"]) for row in rows]
+
+
+def corpus_texts() -> dict[tuple[str, str], list[str]]:
+    """(corpus, intent) -> texts, for every intent in the corpora."""
+    out: dict[tuple[str, str], list[str]] = defaultdict(list)
+    clinc = json.loads((CORPORA / "clinc150/train_val.json").read_text(encoding="utf-8"))
+    for split in ("train", "val", "oos_train", "oos_val"):
+        for text, intent in clinc[split]:
+            out[("clinc150", intent)].append(text)
+    with (CORPORA / "hwu64/hwu64_fold1_train.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out[("hwu64", f"{row['scenario']}/{row['intent']}")].append(row["text"])
+    for path in sorted((CORPORA / "snips").glob("train_*.json")):
+        out[("snips", path.stem.removeprefix("train_"))] = _snips_text(path)
+    with (CORPORA / "banking77/train.csv").open(encoding="utf-8") as f:
+        out[("banking77", "*")] = [row["text"] for row in csv.DictReader(f)]
+    for path in sorted((CORPORA / "bbq").glob("*.jsonl")):
+        seen: dict[str, None] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            context = json.loads(line)["context"]
+            seen.setdefault(re.split(r"(?<=[.!?])\s", context)[0], None)
+        out[("bbq", path.stem)] = list(seen)
+    return out
+
+
+def corpus_examples(rng: random.Random) -> tuple[list[Example], list[Example]]:
+    labels = tomllib.loads((HERE / "corpus_labels.toml").read_text(encoding="utf-8"))
+    train: list[Example] = []
+    held: list[Example] = []
+    for (corpus, intent), texts in sorted(corpus_texts().items()):
+        label = labels.get(corpus, {}).get(intent)
+        if label is None:
+            continue
+        uniq = sorted({spoken(t) for t in texts} - {""})
+        tr, ho = _split(uniq, rng, 0.15)
+        cap = CORPUS_TRAIN_CAP * (8 if corpus in ("banking77",) else 1)
+        cap = cap * 4 if corpus == "bbq" else cap
+        train += [Example(t, label, corpus) for t in tr[:cap]]
+        held += [
+            Example(t, label, corpus)
+            for t in ho[: CORPUS_HELDOUT_CAP * (3 if cap > CORPUS_TRAIN_CAP else 1)]
+        ]
+    return train, held
+
+
+def _topic_name(name: str) -> str:
+    return spoken(re.sub(r"\(.*?\)", " ", name).replace(",", " and"))
+
+
+def taxonomy_topics() -> list[tuple[str, str]]:
+    """(topic phrase, class) from IAB node names under targetable tags and from Google Topics.
+
+    Only training ever sees these: they widen the vocabulary of each tag ("plumbing",
+    "landscaping", "water sports") beyond the hand-written phrases.
+    """
+    from earmark.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    targetable = {n.id for n in tax.targetable}
+    out: list[tuple[str, str]] = []
+    for node in tax.nodes.values():
+        if node.sensitive is not None or node.id in targetable or node.id in EXCLUDED_NODES:
+            continue
+        cur = node
+        while cur.parent is not None and cur.id not in targetable:
+            cur = tax.node(cur.parent)
+        if cur.id in targetable and all(
+            tax.node(a).sensitive is None for a in _ancestors(tax, node)
+        ):
+            out.append((_topic_name(node.name), cur.id))
+    labels = tomllib.loads((HERE / "corpus_labels.toml").read_text(encoding="utf-8"))
+    prefixes = labels["google_topics"]
+    with (CORPORA.parent / "taxonomy/google-topics-taxonomy-v2.tsv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            path = row["path"]
+            match = max(
+                (p for p in prefixes if path == p or path.startswith(p + "/")),
+                key=len,
+                default=None,
+            )
+            if match is not None and path != match.rsplit("/", 1)[0]:
+                out.append((_topic_name(path.rsplit("/", 1)[1]), prefixes[match]))
+    return sorted(set(out))
+
+
+def _ancestors(tax, node) -> list[str]:  # type: ignore[no-untyped-def]
+    ids = []
+    while node.parent is not None:
+        ids.append(node.parent)
+        node = tax.node(node.parent)
+    return ids
+
+
+def taxonomy_examples(rng: random.Random) -> list[Example]:
+    seed = tomllib.loads((HERE / "seed.toml").read_text(encoding="utf-8"))
+    frames = seed["frames"]["interest"] + seed["frames"]["sensitive"]
+    return [
+        Example(spoken(f.format(t=topic)), label, "taxonomy")
+        for topic, label in taxonomy_topics()
+        for f in rng.sample(frames, TAXONOMY_FRAMES_PER_TOPIC)
+    ]
+
+
+def build_splits() -> tuple[list[Example], list[Example]]:
+    """(train, held_out); no held-out text appears in training."""
+    rng = random.Random(SEED)
+    s_tr, s_ho = seed_examples(rng)
+    c_tr, c_ho = corpus_examples(rng)
+    train, held = s_tr + c_tr + taxonomy_examples(rng), s_ho + c_ho
+    held_texts = {e.text for e in held}
+    train = [e for e in train if e.text not in held_texts]
+    return train, held
+
+
+def augment(train: list[Example], copies: int = 1) -> list[Example]:
+    rng = random.Random(SEED + 1)
+    extra = [
+        Example(noisy(e.text, rng), e.label, e.source + "+noise")
+        for _ in range(copies)
+        for e in train
+    ]
+    return train + extra

@@ -1,0 +1,92 @@
+"""The shipped artifact on utterances it never saw in training."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from earmark.device.topics import TopicClassifier, TopicInputError, normalise
+
+from earmark.taxonomy import SENSITIVE_CATEGORIES
+from tests.topics.cases import INTEREST, NO_INTEREST, SENSITIVE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _top_tier1(clf: TopicClassifier, text: str) -> str:
+    return next(t.tier1 for t in clf.classify(text).topics if t.name == t.tier1)
+
+
+@pytest.mark.parametrize("tier1", sorted(INTEREST))
+def test_clear_utterances_land_in_their_tier1(classifier: TopicClassifier, tier1: str) -> None:
+    texts = INTEREST[tier1]
+    assert len(texts) == 12
+    got = {t: _top_tier1(classifier, t) for t in texts}
+    wrong = {t: g for t, g in got.items() if g != tier1}
+    # a dozen clear cases per category: at most one may land elsewhere
+    assert len(wrong) <= 1, wrong
+    published = [t for t in texts if classifier.decide(classifier.classify(t))[0] == "publish"]
+    assert len(published) >= 10, set(texts) - set(published)
+
+
+@pytest.mark.parametrize("category", SENSITIVE_CATEGORIES)
+def test_sensitive_utterances_of_every_category_are_suppressed(
+    classifier: TopicClassifier, category: str
+) -> None:
+    for text in SENSITIVE[category]:
+        scores = classifier.classify(text)
+        decision, reason = classifier.decide(scores)
+        assert decision == "suppress", (text, scores.sensitive)
+        assert reason.startswith("sensitive:")
+
+
+def test_no_interest_utterances_yield_none(classifier: TopicClassifier) -> None:
+    decisions = {t: classifier.decide(classifier.classify(t))[0] for t in NO_INTEREST}
+    assert [t for t, d in decisions.items() if d != "none"] == []
+
+
+def test_scores_cover_every_targetable_tag_and_category(classifier: TopicClassifier) -> None:
+    scores = classifier.classify("book me a flight to rome")
+    ids = [t.id for t in scores.topics]
+    assert set(ids) == {n.id for n in classifier.taxonomy.targetable}
+    assert [t.score for t in scores.topics] == sorted(
+        (t.score for t in scores.topics), reverse=True
+    )
+    assert set(scores.sensitive) == set(SENSITIVE_CATEGORIES)
+    assert scores.topics[0].tier1 == "Travel"
+    assert scores.model_version == classifier.version
+    # tier-1 scores include their tier-2 children: Entertainment >= Music for a music request
+    music = {t.name: t.score for t in classifier.classify("play some jazz please").topics}
+    assert music["Entertainment"] >= music["Music"] > 0.5
+
+
+def test_typed_text_is_normalised_like_recogniser_output(classifier: TopicClassifier) -> None:
+    assert normalise("Book a FLIGHT, to Rome!") == "book a flight to rome"
+    a = classifier.classify("Book a FLIGHT, to Rome!")
+    b = classifier.classify("book a flight to rome")
+    assert a == b
+    assert classifier.classify_many(["book a flight to rome"]) == [b]
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "?!...", None, 42, b"bytes"])
+def test_bad_input_is_a_clear_error(classifier: TopicClassifier, bad: object) -> None:
+    with pytest.raises(TopicInputError) as err:
+        classifier.classify(bad)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value) and "classify" in str(err.value)
+
+
+def test_test_utterances_are_not_in_the_training_data(shared_data: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "topic_data", REPO / "models/recipes/topic_data.py"
+    )
+    assert spec and spec.loader
+    topic_data = importlib.util.module_from_spec(spec)
+    sys.modules["topic_data"] = topic_data
+    spec.loader.exec_module(topic_data)
+    train, _ = topic_data.build_splits()
+    seen = {e.text for e in train}
+    ours = [t for ts in INTEREST.values() for t in ts]
+    ours += [t for ts in SENSITIVE.values() for t in ts] + NO_INTEREST
+    assert [t for t in ours if topic_data.spoken(t) in seen] == []

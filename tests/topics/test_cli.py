@@ -1,0 +1,88 @@
+"""`earmark classify` and `earmark eval topics`, through the real dispatcher."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from earmark.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_classify_json_one_object_per_input_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    texts = [
+        "find cheap flights to madrid",
+        "what time is it",
+        "i was just diagnosed with diabetes",
+    ]
+    code, out, _ = _run(capsys, "classify", "--json", *texts)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == texts
+    assert [r["decision"] for r in rows] == ["publish", "none", "suppress"]
+    assert rows[0]["topics"][0]["tier1"] == "Travel"
+    assert rows[2]["reason"].startswith("sensitive:health")
+    for r in rows:
+        scores = [t["score"] for t in r["topics"]]
+        assert scores == sorted(scores, reverse=True)
+        assert set(r["topics"][0]) == {"id", "name", "tier1", "score"}
+        assert {s["category"] for s in r["sensitive"]} >= {"health", "religion", "politics"}
+
+
+def test_classify_reads_a_file_and_stdin(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "in.txt"
+    f.write_text("play some jazz\n\nwhat's the best laptop for students\n")
+    code, out, _ = _run(capsys, "classify", "--json", "--input", str(f))
+    assert code == 0
+    assert [json.loads(x)["text"] for x in out.splitlines()] == [
+        "play some jazz",
+        "what's the best laptop for students",
+    ]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"book a hotel in rome\n")))
+    code, out, _ = _run(capsys, "classify", "--input", "-")
+    assert code == 0 and out.startswith("publish") and "Travel" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["classify"], "nothing to classify"),
+        (["classify", ""], "no words"),
+        (["classify", "ok", "  ...  "], "input 2"),
+        (["classify", "--input", "/nonexistent/file.txt"], "not found"),
+    ],
+)
+def test_classify_bad_input_is_one_clear_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("earmark: error:") and message in err and err.count("\n") == 1
+
+
+def test_classify_refuses_binary_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "noise.bin"
+    f.write_bytes(bytes(range(256)) * 4)
+    code, _, err = _run(capsys, "classify", "--input", str(f))
+    assert code == 2 and ("not UTF-8" in err or "binary" in err)
+
+
+def test_eval_topics_reports_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "eval", "topics", "--limit", "40", "--json")
+    assert code == 0
+    text = json.loads(out)["text"]
+    assert text["n_interest"] == text["n_none"] == text["n_sensitive"] == 40
+    assert text["top1_tier1_accuracy"] >= 0.8
+    assert text["none_rate"] >= 0.8
+    assert text["sensitive_recall"] >= 0.8
