@@ -67,14 +67,15 @@ class SimMic:
     def frames(self) -> Iterator[AudioFrame]:
         step = self.frame_bytes
         dt = step / 2 / SAMPLE_RATE
+        t0 = time.monotonic()
         for i in range(0, len(self.pcm), step):
             if self._closed:
                 return
             chunk = self.pcm[i : i + step]
             if len(chunk) < step:
                 chunk = chunk + bytes(step - len(chunk))
-            if self.realtime:
-                time.sleep(dt)
+            if self.realtime:  # against a deadline, so processing time does not add up
+                time.sleep(max(0.0, t0 + (i + step) / 2 / SAMPLE_RATE - time.monotonic()))
             elif self.clock is not None:
                 self.clock.advance(dt)  # type: ignore[attr-defined]
             yield AudioFrame(pcm=chunk, start=i / 2 / SAMPLE_RATE)
