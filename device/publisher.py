@@ -142,6 +142,8 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._delay = self.backoff_min
         self._next_attempt = 0.0
+        self._next_fill = 0.0  # monotonic time of the next periodic outbox read
+        self._more = True  # the last read filled the window: more may be pending
 
     # --- client setup -------------------------------------------------------------------
 
@@ -262,10 +264,8 @@ class Publisher:
                 else:
                     self._lost(f"network loop: {mqtt.error_string(rc)}")
                 continue
-            if self._connected and not self._paused:
+            if self._connected and not self._paused and self._fill_due():
                 self._fill()
-            if self._wake.is_set():
-                self._wake.clear()
 
     def _try_connect(self) -> None:
         now = time.monotonic()
@@ -312,11 +312,25 @@ class Publisher:
         self._client._sock_close()  # noqa: SLF001
         self._connected = False
 
+    def _fill_due(self) -> bool:
+        """Read the outbox only when something may have changed, or once a second.
+
+        Something changed: a notify() (new message), acks that freed room, a full window
+        last time (more may wait). The once-a-second read catches expiry and holds.
+        """
+        now = time.monotonic()
+        if self._wake.is_set() or self._more or self._inflight or now >= self._next_fill:
+            self._wake.clear()
+            self._next_fill = now + 1.0
+            return True
+        return False
+
     def _fill(self) -> None:
         room = self.max_inflight - len(self._inflight)
         if room <= 0 or time.monotonic() < self._hold_until:
             return
         entries = self.outbox.pending(after=self._cursor, limit=room)
+        self._more = len(entries) == room
         now = self.outbox.clock.now()
         in_flight = set(self._inflight.values())  # after a rewind, do not send twice
         for entry in entries:
@@ -375,6 +389,7 @@ class Publisher:
         client.drop_out_messages()
         self._inflight.clear()
         self._cursor = 0
+        self._more = True
         self._connected = True
         self.stats.connects += 1
         self.stats.last_error = None
