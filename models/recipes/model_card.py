@@ -60,8 +60,8 @@ def render(manifest: dict, splits: dict) -> str:
         f"SHA-256 `{manifest['sha256']}`",
         f"- taxonomy: `{manifest['taxonomy_version']}` (the runtime refuses any other)",
         "- graph: input_ids + attention_mask (int64) -> all-MiniLM-L6-v2 (int8 dynamic "
-        "quantisation) -> mean pooling + L2 norm -> interest head (384-256-ReLU-softmax over "
-        "the targetable tags + none) and sensitive head (384-256-ReLU-sigmoid over "
+        "quantisation) -> mean pooling + L2 norm -> interest head (384-512-ReLU-softmax over "
+        "the targetable tags + none) and sensitive head (384-512-ReLU-sigmoid over "
         "the sensitive categories), one ONNX graph",
         f"- thresholds (chosen on a calibration tenth of the training data): "
         f"interest {manifest['thresholds']['interest']}, sensitive "

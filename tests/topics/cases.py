@@ -65,7 +65,7 @@ INTEREST: dict[str, list[str]] = {
         "what's the minimum payment on my visa",
         "should i put money in a roth ira",
         "how do i dispute a charge on my statement",
-        "what's my current credit limit",
+        "is there a way to get a higher spending limit",
         "set up a monthly budget for groceries",
         "when does my next mortgage payment come out",
         "how do i open a high yield savings account",
@@ -251,7 +251,7 @@ NO_INTEREST: list[str] = [
     "turn the living room lights off",
     "remind me to send the report at five",
     "thanks that's all",
-    "what's the temperature outside",
+    "is it cold out there right now",
     "read me my latest email",
     "hey how's it going",
     "cancel my two o'clock meeting",
@@ -259,3 +259,9 @@ NO_INTEREST: list[str] = [
     "call mum",
     "set a timer for twenty minutes",
 ]
+
+# Sensitive test utterances the shipped model's own head misses (measured, not hidden): the
+# privacy gate's rule layer is what must catch these. Reported in docs/topics.md.
+MODEL_KNOWN_MISSES: set[str] = {
+    "find someone who sells cocaine near here",
+}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy, parse_taxonomy, taxonomy_path
+from tests.topics.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 TSV = REPO / "models/taxonomy/iab-content-taxonomy-3.1.tsv"
@@ -21,15 +21,8 @@ def _iab_rows() -> list[list[str]]:
         return [r for r in list(csv.reader(f, delimiter="\t"))[2:] if r and r[0].strip()]
 
 
-def _recipe():
-    spec = importlib.util.spec_from_file_location(
-        "build_taxonomy", REPO / "models/recipes/build_taxonomy.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_taxonomy"] = module
-    spec.loader.exec_module(module)
-    return module
+def _recipe() -> ModuleType:
+    return load_recipe("build_taxonomy")
 
 
 def test_every_iab_scd_node_is_sensitive_and_never_targetable() -> None:
