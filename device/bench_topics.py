@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from earmark.device.topics import MODEL_FILE, TopicClassifier
+from earmark.device.topics import MODEL_FILE, TopicClassifier, default_model_dir
 from earmark.device.topics_eval import SPLITS, load_split
 from tqdm import tqdm
 
@@ -60,12 +60,9 @@ def run_bench(model: str | None, n: int = 300, warmup: int = 30) -> str:
         bare.append(t1 - t0)
         full.append(t2 - t1)
     rss2 = _rss_mb()
-    size = Path(clf.session._model_path) if hasattr(clf.session, "_model_path") else None
-    model_path = size or (Path(model) if model else None)
-    if model_path is None or model_path.is_dir():
-        from earmark.device.topics import default_model_dir
-
-        model_path = (model_path or default_model_dir()) / MODEL_FILE
+    model_path = Path(model) if model else default_model_dir()
+    if model_path.is_dir():
+        model_path = model_path / MODEL_FILE
     mb = os.path.getsize(model_path) / 1e6
     med_b, med_f = _pct(bare, 50), _pct(full, 50)
     lines = [

@@ -86,3 +86,12 @@ def test_eval_topics_reports_the_figures(capsys: pytest.CaptureFixture[str]) -> 
     assert text["top1_tier1_accuracy"] >= 0.8
     assert text["none_rate"] >= 0.8
     assert text["sensitive_recall"] >= 0.8
+
+
+def test_bench_topics_prints_figures_against_the_baseline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = _run(capsys, "bench", "topics", "--n", "20", "--warmup", "2")
+    assert code == 0
+    assert "bare session.run (baseline)" in out and "overhead ratio" in out
+    assert "model file" in out and "resident memory" in out
