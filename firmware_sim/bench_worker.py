@@ -108,10 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     live = False  # latency rounds: the window is flushed the moment the gate decides
     decided: list[float] = []
+
+    def on_decision() -> None:
+        if live:
+            decided.append(time.time())
+            runtime.flush()
+
     runtime = DeviceRuntime(
         "bench-dev1", clock=clock, hardware=glasses, engine=engine, classifier=classifier,
         gate=parts.gate, batcher=parts.batcher, outbox=outbox, publisher=publisher,
-        on_decision=lambda d: live and (decided.append(time.time()), runtime.flush()),
+        on_decision=lambda d: on_decision(),
     )  # fmt: skip
     hours: list[dict[str, float]] = []
     for _ in tqdm(range(a.rounds), desc="device hours", unit="h", file=sys.stderr):
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     publish_per_msg = (time.process_time() - t) / n_pub
 
     # end-to-end latency: live-speed microphone, each utterance in its own window, flushed
-    latency: list[dict[str, float]] = []
+    latency: list[dict[str, float | None]] = []
     live = True
     for i in tqdm(range(a.latency), desc="latency", unit="utt", file=sys.stderr):
         clip = chosen[i % len(chosen)]

@@ -26,6 +26,7 @@ Format (see firmware_sim/scenarios/*.toml for complete examples)::
     storage_kb = 256
     listening = "tap"          # "tap": mic opens for each utterance; "always"
     consent = true
+    mic_gain_db = -6           # optional: a quiet wearer; noise_dbfs = -45: a busy street
 
     [[events]]                 # in time order per user; `user` omitted: everyone
     at = "08:05"               # HH:MM[:SS], plus `day = 1` for the next day
@@ -71,6 +72,8 @@ class User:
     storage_kb: int = 256
     always_listening: bool = False
     consent: bool = True
+    mic_gain_db: float = 0.0  # a quiet (negative) or loud wearer
+    noise_dbfs: float | None = None  # steady background noise, e.g. -45 for a busy street
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,8 @@ def parse(data: dict[str, Any], path: Path) -> Scenario:
     for name, p in _table(data, "places", path).items():
         if not isinstance(p, dict):
             raise fail(f"places.{name}", "must be a table")
-        lat, lon = p.get("lat"), p.get("lon")
+        lat: Any = p.get("lat")
+        lon: Any = p.get("lon")
         if (lat is None) != (lon is None) or (
             lat is not None
             and not (_num(lat) and -90 <= lat <= 90 and _num(lon) and -180 <= lon <= 180)
@@ -183,6 +187,8 @@ def parse(data: dict[str, Any], path: Path) -> Scenario:
                 storage,
                 listening == "always",
                 bool(u.get("consent", True)),
+                float(u.get("mic_gain_db", 0.0)),
+                None if u.get("noise_dbfs") is None else float(u["noise_dbfs"]),
             )  # fmt: skip
         )
     if not users:

@@ -195,9 +195,9 @@ class Timeline:
         series: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for o in self.records:
             if o.kind == "profile":
-                user = series.setdefault(o.device, {})
+                tags = series.setdefault(o.device, {})
                 for i in o.detail["interests"]:
-                    user.setdefault(i["tag"], []).append((o.t, i["score"]))
+                    tags.setdefault(i["tag"], []).append((o.t, i["score"]))
         users = sorted(series)[:max_users] or ["(no profile)"]
         fig, axes = plt.subplots(len(users), 1, figsize=(9, 2.6 * len(users)), squeeze=False)
         for ax, user in zip(axes[:, 0], users, strict=False):

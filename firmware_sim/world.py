@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ class SimDevice:
         self.world = world
         self.state_dir = world.workdir / "devices" / self.id
         u = plan.template
-        self.proxy = LinkProxy(world.broker_addr, name=self.id, seed=hash(self.id) & 0xFFFF)
+        self.proxy = LinkProxy(world.broker_addr, name=self.id, seed=zlib.crc32(self.id.encode()))
         self.glasses = SimGlasses(
             world.clock,
             world.scenario.places[u.place],
@@ -144,7 +145,15 @@ class SimDevice:
     def say(self, pcm: bytes, triggered: bool, name: str) -> tuple[list[PrivacyDecision], str]:
         """Play one utterance into the microphone; returns the gate's decisions on it."""
         gap = silence(self.world.scenario.gap_s)
-        mic = SimMic(gap + pcm + gap, clock=self.world.clock, name=name)
+        u = self.plan.template
+        mic = SimMic(
+            gap + pcm + gap,
+            clock=self.world.clock,
+            name=name,
+            gain_db=u.mic_gain_db,
+            noise_dbfs=u.noise_dbfs,
+            seed=zlib.crc32(name.encode()),
+        )
         before = len(self.decisions)
         counts_before = dict(self.runtime.stats.decisions)
         self.glasses.tap(triggered)
