@@ -48,3 +48,57 @@ def test_fifty_devices_at_accelerated_time(hil) -> None:  # type: ignore[no-unty
         tops = {h.tier1(i["tag"]) for i in prof["interests"]}
         assert expected[d.plan.template.id] in tops, (d.id, tops)
     assert h.world.clock.elapsed > 12 * 3600  # half a simulated day, in seconds of real time
+
+
+FULL_FLASH = """
+name = "Tiny flash behind a dead link"
+clips = "{clips}"
+days_ago = 2
+[places.nyc]
+lat = 40.7128
+lon = -74.0060
+account = "US"
+mcc = "310"
+locale = "en_US"
+timezone = "America/New_York"
+[[users]]
+id = "fay"
+place = "nyc"
+storage_kb = 1
+[[events]]
+at = "06:00"
+link = "down"
+{says}
+[[events]]
+at = "13:00"
+link = "up"
+"""
+SAYS = [
+    "Play some jazz music",
+    "Book a table at an italian restaurant",
+    "What are the best beaches in Mexico",
+    "How do I file my taxes this year",
+    "Recommend a good science fiction book",
+    "I would like to buy a used car with low mileage",
+]
+
+
+def test_full_flash_drops_oldest_and_ledger_still_matches(hil, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from earmark.firmware_sim.scenario import BUNDLED
+
+    says = "\n".join(
+        f'[[events]]\nat = "{6 + i}:10"\nsay = "{text}"' for i, text in enumerate(SAYS)
+    )
+    path = tmp_path / "flash.toml"
+    path.write_text(FULL_FLASH.format(clips=BUNDLED / "clips", says=says))
+    h: Hil = hil(str(path))
+    h.world.run()
+    dev = h.world.devices[0]
+    dropped = dev.parts.ledger.dropped()
+    assert dropped and {r[3] for r in dropped} == {"outbox_full"}
+    sent = [r for r in dev.parts.ledger.sent() if r.message["type"] == "signal_batch"]
+    assert sent  # the newest windows survived the wait
+    assert max(r[0] for r in dropped) < min(r.seq for r in sent)  # oldest dropped first
+    queued = sum(o.detail["batches"] for o in h.observations if o.kind == "queued")
+    assert queued == len(sent) + len(dropped)
+    assert h.world.reconcile(dev)["match"]
