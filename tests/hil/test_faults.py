@@ -102,3 +102,56 @@ def test_full_flash_drops_oldest_and_ledger_still_matches(hil, tmp_path) -> None
     queued = sum(o.detail["batches"] for o in h.observations if o.kind == "queued")
     assert queued == len(sent) + len(dropped)
     assert h.world.reconcile(dev)["match"]
+
+
+THROTTLED = """
+name = "Low battery, hot frame"
+clips = "{clips}"
+days_ago = 2
+[places.nyc]
+lat = 40.7128
+lon = -74.0060
+account = "US"
+mcc = "310"
+locale = "en_US"
+timezone = "America/New_York"
+[[users]]
+id = "gus"
+place = "nyc"
+battery = 0.05
+[[events]]
+at = "08:00"
+say = "Play some jazz music"
+[[events]]
+at = "09:00"
+battery = 0.9
+[[events]]
+at = "09:10"
+temperature = 44
+[[events]]
+at = "09:20"
+say = "Book a table at an italian restaurant"
+[[events]]
+at = "10:00"
+temperature = 30
+[[events]]
+at = "10:10"
+say = "What are the best beaches in Mexico"
+"""
+
+
+def test_low_battery_and_heat_stop_the_recogniser(hil, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from earmark.firmware_sim.scenario import BUNDLED
+
+    path = tmp_path / "hot.toml"
+    path.write_text(THROTTLED.format(clips=BUNDLED / "clips"))
+    h: Hil = hil(str(path))
+    h.world.run()
+    levels = [o.detail["level"] for o in h.observations if o.detail.get("what") == "throttle"]
+    assert levels[:3] == ["skip_classify", "normal", "skip_classify"]
+    decided = [d["reason"] for _, _, d in h.said_and_decided()]
+    assert decided == ["nothing heard", "nothing heard", "published"]
+    dev = h.world.devices[0]
+    assert dev.runtime.stats.silenced_frames > 100  # throttled: frames never reached the STT
+    sent = [r for r in dev.parts.ledger.sent() if r.message["type"] == "signal_batch"]
+    assert len(sent) == 1 and h.world.reconcile(dev)["match"]
