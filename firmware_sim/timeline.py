@@ -129,6 +129,9 @@ class Timeline:
             for reason, n in dev.parts.ledger.suppressions().items():
                 if reason.startswith("window"):
                     suppressed[reason] += n
+        dropped: Counter[str] = Counter(
+            r[3] for dev in world.devices for r in dev.parts.ledger.dropped()
+        )
         recon = {d.id: world.reconcile(d) for d in world.devices}
         sent_bytes = sum(len(d.proxy.upstream) for d in world.devices)
         return {
@@ -136,6 +139,7 @@ class Timeline:
             "devices": len(world.devices),
             "profiles": profiles,
             "suppressed": dict(suppressed),
+            "dropped_unsent": dict(dropped),
             "reconcile": recon,
             "bytes_from_devices": sent_bytes,
             "simulated_hours": round(world.clock.elapsed / 3600, 2),
@@ -157,6 +161,10 @@ class Timeline:
             p(f"  {n:>4} × {reason:<28} {explain(reason)}")
         if not s["suppressed"]:
             p("  nothing")
+        if s["dropped_unsent"]:
+            p("Dropped from the outbox before sending (recorded in the ledger):")
+            for reason, n in sorted(s["dropped_unsent"].items()):
+                p(f"  {n:>4} × {reason}")
         recon = s["reconcile"].values()
         ok = sum(1 for r in recon if r["match"])
         sent = sum(r["sent"] for r in recon)
