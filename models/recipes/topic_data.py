@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 import tomllib
@@ -24,7 +25,9 @@ from pathlib import Path
 from earmark.device.topics import normalise
 
 HERE = Path(__file__).resolve().parent
-CORPORA = Path("/work/shared/data/corpora")
+# the shared data folder next to the repository, as tests/conftest.py finds it
+SHARED = Path(os.environ.get("EARMARK_SHARED_DATA", HERE.parents[2] / "shared" / "data"))
+CORPORA = SHARED / "corpora"
 SEED = 1234
 CORPUS_TRAIN_CAP = 60  # per intent: keeps the build a few minutes on a shared 2-core machine
 CORPUS_HELDOUT_CAP = 12
@@ -211,7 +214,7 @@ def taxonomy_topics() -> list[tuple[str, str]]:
             out.append((_topic_name(node.name), cur.id))
     labels = tomllib.loads((HERE / "corpus_labels.toml").read_text(encoding="utf-8"))
     prefixes = labels["google_topics"]
-    with (CORPORA.parent / "taxonomy/google-topics-taxonomy-v2.tsv").open(encoding="utf-8") as f:
+    with (SHARED / "taxonomy/google-topics-taxonomy-v2.tsv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             path = row["path"]
             match = max(
