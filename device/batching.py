@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from earmark.device.policy import Policy
-
 from earmark.wire import SignalBatch, Tag, quantise_weight
 
 if TYPE_CHECKING:

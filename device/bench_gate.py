@@ -19,11 +19,12 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 from earmark.device.privacy import RegionSignals
 from earmark.device.region import RegionChecker
 from earmark.device.region_cases import CASES
 from earmark.device.sensitive_eval import ordinary_set, sensitive_set
-from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,8 @@ def _bare_filter(scores: object, min_score: float, k: int) -> list[tuple[str, fl
 
 
 def run_bench(n: int, rounds: int, use_model: bool = True, as_json: bool = False) -> int:
-    from earmark.device.privacy import build_parts
-
     from earmark.clock import SystemClock
+    from earmark.device.privacy import build_parts
 
     sens, ordinary = sensitive_set("heldout"), ordinary_set("heldout")
     utts = sens + ordinary

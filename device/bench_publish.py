@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from earmark.device.outbox import Outbox
-from earmark.device.publisher import BrokerConfig, Publisher
 from paho.mqtt.enums import CallbackAPIVersion
 
+from earmark.device.outbox import Outbox
+from earmark.device.publisher import BrokerConfig, Publisher
 from earmark.errors import EarmarkError
 from earmark.wire import SignalBatch, Tag
 

@@ -119,8 +119,9 @@ def _earmark_pass(engine: object, clips: list[tuple[Path, str]]) -> list[str]:
 
 def measure(engine_name: str, vosk_model: str | None, rounds: int, data_dir: Path) -> EngineFigures:
     """Run in the child process: load the engine, alternate earmark and bare rounds."""
-    from earmark.device.stt import PocketSphinxEngine, VoskEngine
     from tqdm import tqdm
+
+    from earmark.device.stt import PocketSphinxEngine, VoskEngine
 
     def load() -> object:
         return VoskEngine(vosk_model) if engine_name == "vosk" else PocketSphinxEngine()

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from earmark.device.topics import MODEL_FILE, TopicClassifier, default_model_dir
 from earmark.device.topics_eval import SPLITS, load_split
-from tqdm import tqdm
 
 MAX_BENCH_TOKENS = 32  # the target is stated for utterances up to 32 tokens
 

@@ -73,12 +73,11 @@ def register(cli: Cli) -> None:
 
 
 def cmd_device(args: argparse.Namespace) -> int:
+    from earmark.clock import SystemClock
     from earmark.device.hardware import HostHardware
     from earmark.device.outbox import default_state_dir
     from earmark.device.publisher import BrokerConfig
     from earmark.device.runtime import build_runtime, host_region
-
-    from earmark.clock import SystemClock
 
     broker = BrokerConfig.from_url(
         args.broker,

@@ -12,9 +12,14 @@ import random
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from earmark.cli import Cli
 from earmark.errors import EarmarkError
+
+if TYPE_CHECKING:
+    from earmark.device.sensitive import SensitiveFilter
+    from earmark.device.topics import TopicClassifier
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
@@ -48,9 +53,13 @@ def _classify(args: argparse.Namespace) -> int:
         if not normalise(t):
             raise TopicInputError(f"input {n} ({t!r}) has no words to classify")
     clf = TopicClassifier.load(args.model)
+    sensitive = _sensitive_filter(clf)
     for text in texts:
         scores = clf.classify(text)
-        decision, reason = clf.decide(scores)
+        hits = sensitive.check(text, scores)
+        # The privacy gate's layered filter (model head, rules, taxonomy flags) decides
+        # suppression, as on the device; the model's own calibrated threshold still counts.
+        decision, reason = ("suppress", hits[0].reason) if hits else clf.decide(scores)
         if args.json:
             record = {
                 "text": text,
@@ -77,6 +86,13 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sensitive_filter(clf: TopicClassifier) -> SensitiveFilter:
+    from earmark.device.policy import load_policy
+    from earmark.device.sensitive import SensitiveFilter
+
+    return SensitiveFilter(load_policy().sensitive, clf.taxonomy)
+
+
 def _speech_texts(engine_name: str) -> object:
     """Replace each held-out text by what the recogniser heard from synthesised speech."""
     from earmark.device.audio import WavSource
@@ -98,9 +114,10 @@ def _speech_texts(engine_name: str) -> object:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from earmark.device.topics import TopicClassifier
     from earmark.device.topics_eval import SPLITS, evaluate, format_eval, load_split
-    from tqdm import tqdm
 
     clf = TopicClassifier.load(args.model)
     data = Path(args.data) if args.data else None

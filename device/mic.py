@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from earmark.device.audio import (
     FRAME_MS,
     SAMPLE_RATE,
@@ -27,7 +28,6 @@ from earmark.device.audio import (
     frames_from_blocks,
     to_int16_bytes,
 )
-
 from earmark.errors import AudioError
 
 log = logging.getLogger(__name__)

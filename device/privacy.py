@@ -24,13 +24,11 @@ from earmark.device.ledger import Ledger
 from earmark.device.policy import Policy, load_policy
 from earmark.device.region import RegionChecker
 from earmark.device.sensitive import SensitiveFilter
-
 from earmark.taxonomy import Taxonomy, load_taxonomy
 
 if TYPE_CHECKING:
-    from earmark.device.topics import TopicScores
-
     from earmark.clock import Clock
+    from earmark.device.topics import TopicScores
 
 log = logging.getLogger(__name__)
 

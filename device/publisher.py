@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from earmark.device.outbox import Outbox, OutboxLedger
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from earmark.device.outbox import Outbox, OutboxLedger
 from earmark.errors import EarmarkError
 from earmark.wire import topic_for
 

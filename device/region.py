@@ -25,8 +25,8 @@ from functools import cache, lru_cache
 from importlib import resources
 
 import numpy as np
-from earmark.device.policy import RegionPolicy
 
+from earmark.device.policy import RegionPolicy
 from earmark.errors import ModelError
 
 KM_PER_DEG = 111.195

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from earmark.clock import Clock
 from earmark.device.hardware import Hardware, Throttle
 from earmark.device.outbox import Outbox
-
-from earmark.clock import Clock
 from earmark.errors import EarmarkError
 from earmark.wire import DeletionRequest, SignalBatch
 
@@ -320,7 +319,6 @@ def build_runtime(
     in one process share one model each.
     """
     from earmark.device.publisher import Publisher
-
     from earmark.wire import DEVICE_ID_RE
 
     if not DEVICE_ID_RE.match(device_id):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from earmark.device.policy import SensitivePolicy
-
 from earmark.taxonomy import Taxonomy
 
 if TYPE_CHECKING:

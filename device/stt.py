@@ -29,7 +29,6 @@ from typing import Any, Protocol
 
 from earmark.device.audio import SAMPLE_RATE, AudioSource
 from earmark.device.vad import Endpointer, SpeechChunk, SpeechEnd, SpeechStart, VadConfig
-
 from earmark.errors import EarmarkError, ModelError
 
 log = logging.getLogger(__name__)

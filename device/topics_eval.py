@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 
 from earmark.device.topics import TopicClassifier
-
 from earmark.errors import EarmarkError
 
 SPLITS = ("interest", "none", "sensitive")

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
 from earmark.device.audio import SAMPLE_RATE, AudioFrame
 
 

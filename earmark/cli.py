@@ -49,9 +49,8 @@ class Cli:
     def command(
         self, name: str, handler: Handler, help: str, group: str | None = None
     ) -> argparse.ArgumentParser:
-        if group is None:
-            sub = self._sub
-        else:
+        sub: Any = self._sub
+        if group is not None:
             sub = self._groups.get(group)
             if sub is None:
                 gp = self._sub.add_parser(group, help=GROUPS[group])

@@ -35,7 +35,6 @@ def run_bench(utterances: int, rounds: int, engine: str, latency: int = 5) -> in
     from earmark.gateway.service import Gateway, GatewayConfig
     from earmark.gateway.store import open_engine
     from earmark.gateway.validate import Checks
-
     from earmark.taxonomy import load_taxonomy
 
     commits: dict[int, float] = {}

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="pocketsphinx")
     a = p.parse_args(argv)
 
+    from tqdm import tqdm
+
     from earmark.device.audio import SAMPLE_RATE
     from earmark.device.outbox import Outbox
     from earmark.device.privacy import build_parts
@@ -46,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     from earmark.firmware_sim.scenario import BUNDLED
     from earmark.firmware_sim.simclock import SimClock
     from earmark.firmware_sim.speech import read_pcm
-    from tqdm import tqdm
 
     engine = engine_for(a.engine)
     classifier = TopicClassifier.load()

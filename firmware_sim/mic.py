@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from earmark.device.audio import SAMPLE_RATE, AudioFrame
 
+from earmark.device.audio import SAMPLE_RATE, AudioFrame
 from earmark.errors import EarmarkError
 
 FRAME_MS = 20

@@ -48,9 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from earmark.firmware_sim.glasses import Place
-
 from earmark.errors import EarmarkError
+from earmark.firmware_sim.glasses import Place
 from earmark.wire import DEVICE_ID_RE
 
 BUNDLED = Path(__file__).resolve().parent / "scenarios"

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine, select
+
 from earmark.device.publisher import BrokerConfig
+from earmark.errors import EarmarkError
 from earmark.gateway import profiles
 from earmark.gateway.merge import MergeConfig
 from earmark.gateway.service import Gateway, GatewayConfig
 from earmark.gateway.store import floors, open_engine, seen
 from earmark.gateway.validate import Checks
-from sqlalchemy import Engine, select
-
-from earmark.errors import EarmarkError
 from earmark.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from earmark.device.audio import SAMPLE_RATE, Resampler, to_int16_bytes, write_wav
 
 log = logging.getLogger(__name__)

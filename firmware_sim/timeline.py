@@ -16,9 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from earmark.firmware_sim.world import Observation, World
-
 from earmark.errors import EarmarkError
+from earmark.firmware_sim.world import Observation, World
 from earmark.taxonomy import Taxonomy
 
 EXPLAIN = {

@@ -34,9 +34,9 @@ sys.path.insert(0, str(HERE))
 import encoder  # noqa: E402
 import model_card  # noqa: E402
 import topic_data  # noqa: E402
+
 from earmark.device import topics_eval  # noqa: E402
 from earmark.device.topics import MAX_TOKENS, MODEL_FILE, NONE_CLASS, TOKENIZER_FILE  # noqa: E402
-
 from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy  # noqa: E402
 
 VERSION = "topics-1.0.0"

@@ -18,11 +18,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
 from earmark.firmware_sim import scenario as sc
 from earmark.firmware_sim.services import GATEWAY_USER, Services
 from earmark.firmware_sim.world import Observation, World, plan_devices
-from paho.mqtt.enums import CallbackAPIVersion
-
 from tests.support.broker import Broker, deploy_broker
 
 GATEWAY_PASSWORD = "hil-gateway-secret"

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from earmark.cli import main
 from earmark.device.hardware import Hardware, Throttle
 from earmark.firmware_sim import scenario as sc
 from earmark.firmware_sim.glasses import Battery, Place, SimGlasses
 from earmark.firmware_sim.mic import SimMic, shape, silence
 from earmark.firmware_sim.proxy import LinkProxy
 from earmark.firmware_sim.simclock import SimClock
-
-from earmark.cli import main
 
 NYC = Place("nyc", 40.71, -74.0, "US", "310", "en_US", "America/New_York")
 

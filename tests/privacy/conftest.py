@@ -4,9 +4,9 @@ import random
 from pathlib import Path
 
 import pytest
+
 from earmark.device.policy import Policy, load_policy
 from earmark.device.privacy import PrivacyParts, RegionSignals, build_parts
-
 from earmark.taxonomy import Taxonomy, load_taxonomy
 from tests.transport.conftest import ManualClock as _ManualClock
 

@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from earmark.device.batching import WindowBatcher, randomised_response
 from earmark.device.ledger import Ledger
 from earmark.device.privacy import PrivacyDecision, PrivacyParts, build_parts
-
 from earmark.wire import decode
 
 from .conftest import DEVICE, HOUR, T0, ManualClock

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from earmark.cli import main
 from earmark.device.consent import ConsentStore
 from earmark.device.outbox import Outbox
 from earmark.device.privacy import PrivacyParts
 from earmark.device.publisher import BrokerConfig, Publisher
-from paho.mqtt.enums import CallbackAPIVersion
-
-from earmark.cli import main
 from earmark.wire import DeletionRequest, SignalBatch, Tag, decode
 from tests.support.broker import Broker
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from earmark.device.privacy import PrivacyGate, PrivacyParts, RegionSignals
 from earmark.device.sensitive import SensitiveFilter
 

@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from earmark.device.policy import default_policy_path, load_policy, parse_policy
 from earmark.device.privacy import build_parts
-
 from earmark.errors import PolicyError
 from earmark.wire import BLOCKED_REGIONS
 

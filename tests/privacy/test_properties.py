@@ -14,10 +14,10 @@ import random
 from pathlib import Path
 
 import pytest
-from earmark.device.privacy import RegionSignals, build_parts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from earmark.device.privacy import RegionSignals, build_parts
 from earmark.wire import SignalBatch
 
 from .conftest import DEVICE, HOUR, NEW_YORK, PARIS, T0, ManualClock

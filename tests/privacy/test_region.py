@@ -6,11 +6,11 @@ import dataclasses
 import json
 
 import pytest
+
+from earmark.cli import main
 from earmark.device.policy import Policy
 from earmark.device.region import RegionChecker
 from earmark.device.region_cases import CASES, RegionCase
-
-from earmark.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from earmark.device.policy import Policy
 from earmark.device.sensitive import SensitiveFilter
 from earmark.device.sensitive_eval import ordinary_set, sensitive_set
-
 from earmark.taxonomy import SENSITIVE_CATEGORIES
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-from earmark.device.topics import MODEL_FILE, TopicClassifier, default_model_dir
 
+from earmark.device.topics import MODEL_FILE, TopicClassifier, default_model_dir
 from earmark.errors import ModelError
 from earmark.taxonomy import load_taxonomy
 

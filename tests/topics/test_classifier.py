@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from earmark.device.topics import TopicClassifier, TopicInputError, normalise
 
+from earmark.device.topics import TopicClassifier, TopicInputError, normalise
 from earmark.taxonomy import SENSITIVE_CATEGORIES
 from tests.topics.cases import INTEREST, MODEL_KNOWN_MISSES, NO_INTEREST, SENSITIVE
 from tests.topics.recipes import load_recipe

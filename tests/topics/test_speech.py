@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from earmark.device.audio import WavSource
 from earmark.device.stt import engine_for, utterances
 from earmark.device.topics import TopicClassifier

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from earmark.device.publisher import BrokerConfig
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from earmark.device.publisher import BrokerConfig
 from earmark.wire import Message, SignalBatch, Tag
 from tests.support.broker import GATEWAY_USER, Broker, deploy_broker
 

@@ -14,7 +14,6 @@ import time
 
 from earmark.device.outbox import Outbox
 from earmark.device.publisher import BrokerConfig, Publisher
-
 from earmark.wire import Message
 from tests.transport.conftest import batch
 

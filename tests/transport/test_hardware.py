@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from earmark.device.hardware import PowerState, Throttle, ThrottlePolicy, throttle_for
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from earmark.device.outbox import Outbox, OutboxError
 
+from earmark.device.outbox import Outbox, OutboxError
 from earmark.wire import DeletionRequest, SignalBatch, decode
 from tests.transport.conftest import ManualClock, RecordingLedger, batch
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from earmark.device.outbox import Outbox
-from earmark.device.publisher import BrokerConfig, BrokerUrlError, Publisher, status_payload
 from paho.mqtt.enums import CallbackAPIVersion
 
+from earmark.device.outbox import Outbox
+from earmark.device.publisher import BrokerConfig, BrokerUrlError, Publisher, status_payload
 from earmark.wire import DeletionRequest
 from tests.support.broker import GATEWAY_USER, Broker, deploy_broker, make_test_ca
 from tests.transport.conftest import (

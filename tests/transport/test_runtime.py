@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from earmark.device.audio import WavSource
 from earmark.device.consent import ConsentStore
 from earmark.device.hardware import PowerState, Throttle
 from earmark.device.ledger import Ledger
 from earmark.device.privacy import RegionSignals
 from earmark.device.runtime import DeviceRuntime, build_runtime
-
 from tests.support.broker import Broker
 from tests.transport.conftest import DEVICES, Collector, ManualClock, device_config
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from earmark.device.bench_stt import speech_clips
 from earmark.device.stt import PocketSphinxEngine, VoskEngine
 

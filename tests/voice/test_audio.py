@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from earmark.device.audio import (
     SAMPLE_RATE,
     PcmBufferSource,
@@ -16,9 +19,6 @@ from earmark.device.audio import (
     WavSource,
     open_audio,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from earmark.errors import AudioError
 from tests.voice.conftest import read_pcm, samples
 

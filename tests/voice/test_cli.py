@@ -12,9 +12,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from earmark.device.vosk_models import is_model_dir
 
 from earmark.cli import main
+from earmark.device.vosk_models import is_model_dir
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from earmark.device.audio import PcmBufferSource, open_audio
 from earmark.device.stt import PocketSphinxEngine, Transcript, engine_for, utterances
 from earmark.device.wer import corpus_wer, wer
-
 from tests.voice.conftest import SENTENCES, read_pcm
 
 pytestmark = pytest.mark.slow

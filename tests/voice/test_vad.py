@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from earmark.device.audio import SAMPLE_RATE, AudioFrame, PcmBufferSource, to_int16_bytes
 from earmark.device.vad import (
     Endpointer,
@@ -13,8 +16,6 @@ from earmark.device.vad import (
     VadConfig,
     level_dbfs,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 RNG_SEED = 7
 

@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
+
 from earmark.device.audio import PcmBufferSource, open_audio
 from earmark.device.stt import VoskEngine, engine_for, utterances
 from earmark.device.vosk_models import is_model_dir, resolve_vosk_model
 from earmark.device.wer import edit_distance
-
 from earmark.errors import ModelError
 from tests.voice.conftest import read_pcm
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from earmark.device.wer import corpus_wer, edit_distance, normalize, number_words, wer
 
 
