@@ -90,6 +90,7 @@ class Gateway:
         self.checks = checks
         self.metrics = Metrics()
         self.on_commit = on_commit
+        self.first_received_at: float | None = None  # for benchmarks
         self._queue: queue.Queue[Received] = queue.Queue()
         self._generation = 0
         self._ack_lock = threading.Lock()
@@ -180,6 +181,8 @@ class Gateway:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.metrics.inc("earmark_gateway_messages_in_total")
+        if self.first_received_at is None:
+            self.first_received_at = time.time()
         self._queue.put(
             Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation, time.time())
         )
