@@ -25,20 +25,20 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from earmark.device.publisher import BrokerConfig
-from earmark.gateway import profiles
-from earmark.gateway.broker import LocalBroker
-from earmark.gateway.merge import MergeConfig
-from earmark.gateway.service import TOPICS, Gateway, GatewayConfig
-from earmark.gateway.store import open_engine, seen
-from earmark.gateway.validate import Checks
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import create_engine, func, select, text
 from tqdm import tqdm
 
+from earmark.device.publisher import BrokerConfig
 from earmark.errors import EarmarkError
+from earmark.gateway import profiles
+from earmark.gateway.broker import LocalBroker
+from earmark.gateway.merge import MergeConfig
+from earmark.gateway.service import TOPICS, Gateway, GatewayConfig
+from earmark.gateway.store import open_engine, seen
+from earmark.gateway.validate import Checks
 from earmark.wire import SignalBatch, Tag
 
 DEVICES = ("bench-dev-01", "bench-dev-02", "bench-dev-03", "bench-dev-04")

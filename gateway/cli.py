@@ -10,10 +10,9 @@ import signal
 import threading
 from pathlib import Path
 
-from earmark.gateway.merge import DEFAULT_CAP, DEFAULT_MAX_BATCHES_PER_WINDOW, MergeConfig
-
 from earmark.cli import Cli
 from earmark.errors import EarmarkError
+from earmark.gateway.merge import DEFAULT_CAP, DEFAULT_MAX_BATCHES_PER_WINDOW, MergeConfig
 from earmark.wire import BLOCKED_REGIONS
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,6 @@ def run_gateway(args: argparse.Namespace) -> int:
     from earmark.gateway.service import Gateway, GatewayConfig
     from earmark.gateway.store import open_engine
     from earmark.gateway.validate import Checks
-
     from earmark.taxonomy import load_taxonomy
 
     password = None
@@ -144,9 +142,10 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 def run_admin(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+
     from earmark.gateway import profiles
     from earmark.gateway.store import dead_letters, open_engine
-    from sqlalchemy import func, select
 
     engine = open_engine(args.db)
     if args.action == "register":

@@ -24,12 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from earmark.gateway import profiles as p
-from earmark.gateway.merge import MergeConfig
-from earmark.gateway.metrics import Metrics
 from sqlalchemy import Engine, text
 
 from earmark.errors import EarmarkError
+from earmark.gateway import profiles as p
+from earmark.gateway.merge import MergeConfig
+from earmark.gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4096

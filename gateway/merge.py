@@ -19,9 +19,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from earmark.gateway.store import contributions, devices, floors, profiles, seen, upsert
 from sqlalchemy import Connection, and_, case, func, select, tuple_
 
+from earmark.gateway.store import contributions, devices, floors, profiles, seen, upsert
 from earmark.wire import DeletionRequest, SignalBatch
 
 DEFAULT_HALF_LIFE_S = 14 * 86400.0
@@ -144,10 +144,10 @@ def _claim(
         }
         for i in sorted(fresh, key=lambda i: (i.message.device_id, i.message.seq))
     ]
-    won: set[tuple[str, int]] = set()
-    for chunk in _chunks(rows, 150):
-        stmt = upsert(conn, seen).values(chunk).on_conflict_do_nothing()
-        won.update((r[0], r[1]) for r in conn.execute(stmt.returning(seen.c.device_id, seen.c.seq)))
+    # executemany of one cached statement (SQLAlchemy's insertmanyvalues batches it into
+    # multi-row INSERTs); RETURNING gives back only the rows this transaction inserted
+    stmt = upsert(conn, seen).on_conflict_do_nothing().returning(seen.c.device_id, seen.c.seq)
+    won = {(r[0], r[1]) for r in conn.execute(stmt, rows)}
     counted = []
     for item in fresh:
         if (item.message.device_id, item.message.seq) in won:
@@ -183,8 +183,8 @@ def _merge_signals(
         for b in batches
         for t in b.tags
     ]
-    for chunk in _chunks(rows, 100):
-        conn.execute(upsert(conn, contributions).values(chunk).on_conflict_do_nothing())
+    if rows:
+        conn.execute(upsert(conn, contributions).on_conflict_do_nothing(), rows)
     owners = owners_of(conn, {b.device_id for b in batches})
     points = [
         (owners[b.device_id], t.id, t.w, float(b.window_start + b.window_s))
@@ -227,19 +227,18 @@ def add_points(
     pg = conn.dialect.name == "postgresql"
     least = func.least if pg else func.min
     greatest = func.greatest if pg else func.max
-    for chunk in _chunks(rows, 200):
-        stmt = upsert(conn, profiles).values(chunk)
-        new, old = stmt.excluded, profiles.c
-        newer = new.ref_t >= old.ref_t
-        total = case(
-            (newer, old.score * func.power(2.0, (old.ref_t - new.ref_t) / h) + new.score),
-            else_=old.score + new.score * func.power(2.0, (new.ref_t - old.ref_t) / h),
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[profiles.c.user_id, profiles.c.tag],
-            set_={"score": least(cfg.cap, total), "ref_t": greatest(old.ref_t, new.ref_t)},
-        )
-        conn.execute(stmt)
+    stmt = upsert(conn, profiles)
+    new, old = stmt.excluded, profiles.c
+    newer = new.ref_t >= old.ref_t
+    total = case(
+        (newer, old.score * func.power(2.0, (old.ref_t - new.ref_t) / h) + new.score),
+        else_=old.score + new.score * func.power(2.0, (new.ref_t - old.ref_t) / h),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[profiles.c.user_id, profiles.c.tag],
+        set_={"score": least(cfg.cap, total), "ref_t": greatest(old.ref_t, new.ref_t)},
+    )
+    conn.execute(stmt, rows)  # executemany in list order: sorted, a fixed lock order
 
 
 def _deletion(conn: Connection, item: Item, now: float, out: Outcome) -> None:

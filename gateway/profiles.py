@@ -13,11 +13,11 @@ import secrets
 import time
 from typing import Any
 
-from earmark.gateway.merge import MergeConfig, decay, erase, fold_device
-from earmark.gateway.store import contributions, devices, profiles, tokens
 from sqlalchemy import Engine, select
 
 from earmark.errors import EarmarkError
+from earmark.gateway.merge import MergeConfig, decay, erase, fold_device
+from earmark.gateway.store import contributions, devices, profiles, tokens
 from earmark.wire import DEVICE_ID_RE
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")

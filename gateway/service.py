@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from earmark.device.publisher import BrokerConfig
-from earmark.gateway.merge import Item, MergeConfig, merge_items
-from earmark.gateway.metrics import Metrics
-from earmark.gateway.store import dead_letters
-from earmark.gateway.validate import Checks, Rejection, check, dead_letter_row
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from earmark.device.publisher import BrokerConfig
+from earmark.gateway.merge import Item, MergeConfig, merge_items
+from earmark.gateway.metrics import Metrics
+from earmark.gateway.store import dead_letters
+from earmark.gateway.validate import Checks, Rejection, check, dead_letter_row
 from earmark.wire import SignalBatch
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from earmark.gateway.merge import Item
-from earmark.gateway.store import HEAD_BYTES, dead_letters
 from sqlalchemy import Connection
 
 from earmark.errors import WireError
+from earmark.gateway.merge import Item
+from earmark.gateway.store import HEAD_BYTES, dead_letters
 from earmark.wire import (
     BLOCKED_REGIONS,
     MAX_PAYLOAD_BYTES,
