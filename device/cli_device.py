@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from earmark.cli import Cli
+from earmark.device.cli_privacy import add_region_arguments
 from earmark.errors import EarmarkError
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,7 @@ def register(cli: Cli) -> None:
     p.add_argument("--engine", default="auto", help="auto | vosk | pocketsphinx")
     p.add_argument("--vosk-model", help="Vosk model directory")
     reg = p.add_argument_group("where the device is (no signal at all: nothing is sent)")
-    reg.add_argument("--lat", type=float)
-    reg.add_argument("--lon", type=float)
-    reg.add_argument("--country", help="account country, ISO 3166-1 alpha-2")
-    reg.add_argument("--mcc", help="SIM mobile country code")
-    reg.add_argument("--locale", help="e.g. en_US")
-    reg.add_argument("--tz", help="IANA time zone, e.g. America/New_York")
+    add_region_arguments(reg)
     p.add_argument(
         "--storage-mb", type=float, default=16.0, help="flash the outbox may use (default 16)"
     )

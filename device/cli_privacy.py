@@ -12,6 +12,16 @@ from earmark.cli import Cli
 from earmark.errors import EarmarkError
 
 
+def add_region_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The signals a pair of glasses and its phone have; `region` and `device` share them."""
+    p.add_argument("--lat", type=float)
+    p.add_argument("--lon", type=float)
+    p.add_argument("--country", help="account country, ISO 3166-1 alpha-2")
+    p.add_argument("--mcc", help="SIM mobile country code, e.g. 310")
+    p.add_argument("--locale", help="e.g. en_US")
+    p.add_argument("--tz", help="IANA time zone, e.g. America/New_York")
+
+
 def register(cli: Cli) -> None:
     state_help = "state dir (default $EARMARK_HOME or ~/.local/share/earmark)"
     c = cli.command("consent", cmd_consent, help="show, grant or revoke consent on this device")
@@ -23,12 +33,7 @@ def register(cli: Cli) -> None:
     r = cli.command(
         "region", cmd_region, help="the jurisdiction the privacy gate decides for these signals"
     )
-    r.add_argument("--lat", type=float)
-    r.add_argument("--lon", type=float)
-    r.add_argument("--country", help="account country, ISO 3166-1 alpha-2")
-    r.add_argument("--mcc", help="SIM mobile country code, e.g. 310")
-    r.add_argument("--locale", help="e.g. en_US")
-    r.add_argument("--tz", help="IANA time zone, e.g. America/New_York")
+    add_region_arguments(r)
     r.add_argument("--policy", help="policy file (default: the shipped one, or $EARMARK_POLICY)")
     r.add_argument("--json", action="store_true", help="print JSON")
 
