@@ -311,10 +311,10 @@ def two_instances(
 
 
 def _expected_total(n: int) -> list[tuple[float, float]]:
-    pts = []
+    pts: list[tuple[float, float]] = []
     for i in range(n):
         seq = i // len(DEVICES) + 1
-        pts += [(0.5, BASE + 3600 * (seq + 1))] * (1 + i % 3)
+        pts += [(0.5, float(BASE + 3600 * (seq + 1)))] * (1 + i % 3)
     return pts
 
 

@@ -87,7 +87,7 @@ def _claim(
         )
         known.update({(r[0], r[1]): r[2] for r in rows})
     devs = sorted({k[0] for k in keys})
-    floor = dict(
+    floor: dict[str, int] = dict(
         conn.execute(
             select(floors.c.device_id, floors.c.seq).where(floors.c.device_id.in_(devs))
         ).all()
@@ -134,7 +134,7 @@ def _claim(
             fresh.append(item)
     if not fresh:
         return []
-    rows = [
+    seen_rows = [
         {
             "device_id": i.message.device_id,
             "seq": i.message.seq,
@@ -147,7 +147,7 @@ def _claim(
     # executemany of one cached statement (SQLAlchemy's insertmanyvalues batches it into
     # multi-row INSERTs); RETURNING gives back only the rows this transaction inserted
     stmt = upsert(conn, seen).on_conflict_do_nothing().returning(seen.c.device_id, seen.c.seq)
-    won = {(r[0], r[1]) for r in conn.execute(stmt, rows)}
+    won = {(r[0], r[1]) for r in conn.execute(stmt, seen_rows)}
     counted = []
     for item in fresh:
         if (item.message.device_id, item.message.seq) in won:
@@ -264,7 +264,7 @@ def erase(
             conn.execute(select(devices.c.device_id).where(devices.c.user_id == user)).scalars()
         )
     devs_sorted = sorted(devs)
-    top = dict(
+    top: dict[str, int] = dict(
         conn.execute(
             select(seen.c.device_id, func.max(seen.c.seq))
             .where(seen.c.device_id.in_(devs_sorted))

@@ -114,7 +114,7 @@ class Gateway:
             client.tls_set(
                 ca_certs=b.ca, certfile=b.cert, keyfile=b.key, tls_version=ssl.PROTOCOL_TLS_CLIENT
             )
-        client.reconnect_delay_set(0.2, 10)
+        client.reconnect_delay_set(1, 10)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
