@@ -16,10 +16,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from earmark.gateway.store import open_engine, seen
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, create_engine, func, select, text
 
+from earmark.gateway.store import open_engine, seen
 from earmark.wire import SignalBatch, Tag
 from tests.conftest import PG_URL
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, func, select
+
 from earmark.device.publisher import BrokerConfig
 from earmark.gateway import profiles as p
 from earmark.gateway.http_api import ApiServer
@@ -17,8 +19,6 @@ from earmark.gateway.merge import MergeConfig
 from earmark.gateway.service import Gateway, GatewayConfig
 from earmark.gateway.store import dead_letters
 from earmark.gateway.validate import Checks
-from sqlalchemy import Engine, func, select
-
 from earmark.wire import DeletionRequest
 from tests.gateway.conftest import BASE_WINDOW, SENSITIVE, Pub, make_batch, seen_count, wait_for
 from tests.support.broker import Broker

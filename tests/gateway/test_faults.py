@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+
 from earmark.gateway import profiles as p
 from earmark.gateway.merge import MergeConfig
 from earmark.gateway.store import open_engine
-from sqlalchemy import Engine
-
 from tests.gateway.conftest import (
     BASE_WINDOW,
     GatewayProc,

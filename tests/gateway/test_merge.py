@@ -7,11 +7,11 @@ import math
 import threading
 
 import pytest
+from sqlalchemy import Engine, func, select
+
 from earmark.gateway import profiles as p
 from earmark.gateway.merge import Item, MergeConfig, merge_items
 from earmark.gateway.store import contributions, floors, migrate, open_engine, seen
-from sqlalchemy import Engine, func, select
-
 from earmark.wire import DeletionRequest, SignalBatch
 from tests.gateway.conftest import BASE_WINDOW, make_batch, seen_count
 
