@@ -40,11 +40,14 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9._+/-]{1,64}$")
 EPSILON_RANGE = (0.01, 10.0)
 
 TOPIC_PREFIX = "earmark/v1"
-# Regions where nothing may be collected (EU-27, the rest of the EEA, and the UK): the device
-# never sends from them and the gateway rejects a batch that claims one. One list for both.
+# Regions where nothing may be collected (EU-27, the rest of the EEA, and the UK, plus the
+# territories with their own ISO code under those laws: Åland, the French outermost regions,
+# Gibraltar and the Crown Dependencies): the device never sends from them and the gateway
+# rejects a batch that claims one. The device policy (models/policy/policy.toml) must agree;
+# tests/core/test_blocked_regions.py checks it does.
 BLOCKED_REGIONS: frozenset[str] = frozenset(
     "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE"
-    " IS LI NO GB".split()
+    " IS LI NO GB AX MF GF RE GP MQ YT GI JE GG IM".split()
 )
 Kind = Literal["signals", "deletion", "status"]
 KINDS: tuple[Kind, ...] = ("signals", "deletion", "status")
