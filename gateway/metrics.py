@@ -20,7 +20,11 @@ HELP = {
     "earmark_gateway_rejected_total": ("counter", "messages refused, by reason (dead letters)"),
     "earmark_gateway_batches_total": ("counter", "DB transactions committed"),
     "earmark_gateway_db_errors_total": ("counter", "DB transactions that failed and were retried"),
-    "earmark_gateway_queue_depth": ("gauge", "messages received, not yet committed"),
+    "earmark_gateway_worker_restarts_total": (
+        "counter",
+        "merge worker processes that died and were replaced (their batches resent)",
+    ),
+    "earmark_gateway_queue_depth": ("gauge", "messages received, not yet sent to the worker"),
     "earmark_gateway_commit_lag_seconds": (
         "gauge",
         "last batch: receipt of its oldest message to commit",

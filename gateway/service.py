@@ -1,8 +1,10 @@
 """The consumer: a shared MQTT subscription feeding batched, acknowledged-after-commit merges.
 
 paho's network thread only queues what arrives (``manual_ack=True``: nothing is PUBACKed on
-receipt). One worker thread drains the queue in batches of up to ``batch_size``, validates,
-merges and writes dead letters in one DB transaction, commits, and only then PUBACKs each
+receipt). A dispatcher thread sends the raw messages in batches of up to ``batch_size`` to the
+merge worker process (:mod:`earmark.gateway.worker`: paho and the merge then use both cores
+instead of sharing the GIL), which validates, merges and writes dead letters in one DB
+transaction and commits; a collector thread takes its answer and only then PUBACKs each
 message. A SIGKILL at any point therefore loses nothing the broker considers delivered: what
 was not acknowledged is redelivered to the persistent session (or, for a shared
 subscription, to another member), and the ``(device_id, seq)`` dedup makes the redelivery
@@ -17,14 +19,17 @@ Mosquitto 2.0 does not restore shared subscriptions from its persistence after a
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-import queue
 import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,14 +37,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
 from earmark.device.publisher import BrokerConfig
-from earmark.gateway.merge import Item, MergeConfig, merge_items
+from earmark.gateway.merge import MergeConfig
 from earmark.gateway.metrics import Metrics
-from earmark.gateway.store import dead_letters
-from earmark.gateway.validate import Checks, Rejection, check, dead_letter_row
-from earmark.wire import SignalBatch
+from earmark.gateway.validate import Checks
+from earmark.gateway.worker import BatchResult, Raw, serve
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +54,10 @@ TOPICS = (
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
-@dataclass(frozen=True)
-class Received:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    generation: int
-    at: float  # time.time() on receipt
+MAX_BATCHES_IN_FLIGHT = 2  # one being merged, one waiting: the worker never idles
+# per message while in the gateway: topic, payload, packet id, qos, connection, receipt time
+Received = tuple[str, bytes, int, int, int, float]
+Meta = tuple[int, int, int, float]  # packet id, qos, connection generation, receipt time
 
 
 @dataclass
@@ -91,11 +90,19 @@ class Gateway:
         self.metrics = Metrics()
         self.on_commit = on_commit
         self.first_received_at: float | None = None  # for benchmarks
-        self._queue: queue.Queue[Received] = queue.Queue()
+        self._inbox: deque[Received] = deque()  # appends/pops are atomic: no lock per message
+        self._wake = threading.Event()
         self._generation = 0
         self._ack_lock = threading.Lock()
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        # batches sent to the worker and not yet answered, oldest first (it answers in order)
+        self._inflight: deque[tuple[list[Raw], list[Meta]]] = deque()
+        self._slots = threading.Semaphore(MAX_BATCHES_IN_FLIGHT)
+        self._pipe_lock = threading.Lock()  # the pipes and the worker, swapped on a respawn
+        self._proc: BaseProcess | None = None
+        self._to_worker: Pipe | None = None
+        self._from_worker: Pipe | None = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._client = self._make_client()
@@ -129,10 +136,11 @@ class Gateway:
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = self.cfg.receive_maximum
         b = self.cfg.broker
-        self._worker = threading.Thread(
-            target=self._work, name="earmark-gateway-merge", daemon=True
-        )
-        self._worker.start()
+        self._spawn_worker()  # fork before our own threads start
+        for target, name in ((self._dispatch, "dispatch"), (self._collect, "collect")):
+            t = threading.Thread(target=target, name=f"earmark-gateway-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
         self._client.connect_async(
             b.host, b.port, keepalive=b.keepalive, clean_start=False, properties=props
         )
@@ -142,11 +150,24 @@ class Gateway:
     def stop(self, drain_timeout: float = 5.0) -> None:
         """Stop taking messages, commit what is queued, disconnect."""
         deadline = time.monotonic() + drain_timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
+        while (self._inbox or self._inflight) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join(drain_timeout)
+        self._wake.set()
+        with self._pipe_lock:
+            try:
+                if self._to_worker is not None:
+                    self._to_worker.send(None)
+            except OSError:
+                pass
+            proc = self._proc
+        if proc is not None:
+            proc.join(max(0.5, deadline - time.monotonic()))
+            if proc.is_alive():  # stuck retrying a dead DB: nothing it holds was acked
+                proc.terminate()
+                proc.join(2)
+        for t in self._threads:
+            t.join(2)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -180,91 +201,111 @@ class Gateway:
         log.info("disconnected from the broker: %s", rc)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.metrics.inc("earmark_gateway_messages_in_total")
-        if self.first_received_at is None:
-            self.first_received_at = time.time()
-        self._queue.put(
-            Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation, time.time())
-        )
-
-    # --- worker ---------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                self.metrics.set("earmark_gateway_queue_depth", 0)
-                continue
-            batch = [first]
-            while len(batch) < self.cfg.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._commit_with_retry(batch)
-            self.metrics.set("earmark_gateway_queue_depth", self._queue.qsize())
-
-    def _commit_with_retry(self, batch: list[Received]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                self._commit(batch)
-                return
-            except DBAPIError as err:  # deadlock, serialisation, DB restart: retry, never ack
-                self.metrics.inc("earmark_gateway_db_errors_total")
-                log.warning(
-                    "DB transaction failed, retrying in %.1fs: %s", delay, str(err.orig)[:200]
-                )
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, 5.0)
-
-    def _commit(self, batch: list[Received]) -> None:
         now = time.time()
-        items: list[Item] = []
-        source: dict[int, Received] = {}
-        rejections: list[Rejection] = []
-        for r in batch:
-            result = check(r.topic, r.payload, self.checks, now)
-            if isinstance(result, Rejection):
-                rejections.append(result)
-            else:
-                items.append(result)
-                source[id(result)] = r
-        with self.engine.begin() as conn:
-            out = merge_items(conn, items, self.cfg.merge, now)
-            for item, reason, detail in out.rejected:
-                r = source[id(item)]
-                rejections.append(
-                    Rejection(r.topic, r.payload, reason, detail, item.message.device_id)
-                )
-            if rejections:
-                conn.execute(dead_letters.insert(), [dead_letter_row(x, now) for x in rejections])
-        done = time.time()
-        self._ack(batch)
+        if self.first_received_at is None:
+            self.first_received_at = now
+        self._inbox.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._generation, now))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # --- the merge worker process ---------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        """Fork the worker (caller holds ``_pipe_lock`` or no other thread runs yet)."""
+        ctx = multiprocessing.get_context("fork")
+        worker_in, to_worker = ctx.Pipe(duplex=False)
+        from_worker, worker_out = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=serve,
+            args=(self.engine, self.checks, self.cfg.merge, worker_in, worker_out),
+            kwargs={"close": [to_worker, from_worker]},
+            name=f"earmark-gateway-merge-{os.getpid()}",
+            daemon=True,
+        )
+        proc.start()
+        worker_in.close()
+        worker_out.close()
+        self._proc, self._to_worker, self._from_worker = proc, to_worker, from_worker
+
+    def _respawn(self) -> None:
+        """The worker died: start another and resend what it had not answered (dedup-safe)."""
+        with self._pipe_lock:
+            if self._proc is not None:
+                self._proc.join(1)
+            log.error(
+                "merge worker exited (code %s), restarting it",
+                getattr(self._proc, "exitcode", None),
+            )
+            self.metrics.inc("earmark_gateway_worker_restarts_total")
+            self._spawn_worker()
+            assert self._to_worker is not None
+            for raw, _meta in self._inflight:
+                self._to_worker.send(raw)
+
+    def _dispatch(self) -> None:
+        """Hand batches of raw messages to the worker; bigger batches while it is busy."""
+        while not self._stop.is_set():
+            if not self._inbox:
+                self.metrics.set("earmark_gateway_queue_depth", 0)
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            if not self._slots.acquire(timeout=0.2):
+                continue
+            n = min(len(self._inbox), self.cfg.batch_size)
+            taken = [self._inbox.popleft() for _ in range(n)]
+            raw = [(r[0], r[1]) for r in taken]
+            meta = [(r[2], r[3], r[4], r[5]) for r in taken]
+            with self._pipe_lock:
+                self._inflight.append((raw, meta))
+                try:
+                    assert self._to_worker is not None
+                    self._to_worker.send(raw)
+                except OSError:  # the worker died: the collector respawns it and resends
+                    pass
+            self.metrics.inc("earmark_gateway_messages_in_total", n)
+            self.metrics.set("earmark_gateway_queue_depth", len(self._inbox))
+
+    def _collect(self) -> None:
+        """Take the worker's answers in order; ack a batch only once it is committed."""
+        while True:
+            assert self._from_worker is not None
+            try:
+                res: BatchResult = self._from_worker.recv()
+            except (EOFError, OSError):
+                if self._stop.is_set():
+                    return
+                self._respawn()
+                continue
+            with self._pipe_lock:
+                _raw, meta = self._inflight.popleft()
+            self._slots.release()
+            self._ack(meta)
+            self._count(res, meta)
+            if self.on_commit is not None:
+                self.on_commit(res.merged_keys, res.committed_at)
+
+    def _count(self, res: BatchResult, meta: list[Meta]) -> None:
         m = self.metrics
         m.inc("earmark_gateway_batches_total")
-        m.inc("earmark_gateway_merged_total", out.merged)
-        m.inc("earmark_gateway_parked_total", out.parked)
-        m.inc("earmark_gateway_deletions_total", out.deletions)
-        m.inc("earmark_gateway_duplicates_total", out.duplicates)
-        for x in rejections:
-            m.reject(x.reason)
-            log.info("rejected a message on %s: %s", x.topic[:100], x.reason)
-        m.set("earmark_gateway_commit_lag_seconds", done - min(r.at for r in batch))
-        ends = [
-            i.message.window_start + i.message.window_s
-            for i in items
-            if isinstance(i.message, SignalBatch)
-        ]
-        if ends:
-            m.set("earmark_gateway_window_lag_seconds", max(0.0, done - max(ends)))
-        if self.on_commit is not None:
-            self.on_commit(out.merged_keys, done)
+        m.inc("earmark_gateway_merged_total", res.merged)
+        m.inc("earmark_gateway_parked_total", res.parked)
+        m.inc("earmark_gateway_deletions_total", res.deletions)
+        m.inc("earmark_gateway_duplicates_total", res.duplicates)
+        if res.db_errors:
+            m.inc("earmark_gateway_db_errors_total", res.db_errors)
+        for reason, topic in res.rejected:
+            m.reject(reason)
+            log.info("rejected a message on %s: %s", topic, reason)
+        m.set("earmark_gateway_commit_lag_seconds", res.committed_at - min(x[3] for x in meta))
+        if res.newest_window_end is not None:
+            m.set(
+                "earmark_gateway_window_lag_seconds",
+                max(0.0, res.committed_at - res.newest_window_end),
+            )
 
-    def _ack(self, batch: list[Received]) -> None:
+    def _ack(self, meta: list[Meta]) -> None:
         with self._ack_lock:
-            for r in batch:
-                if r.generation == self._generation and r.qos > 0:
-                    self._client.ack(r.mid, r.qos)
+            for mid, qos, generation, _at in meta:
+                if generation == self._generation and qos > 0:
+                    self._client.ack(mid, qos)
