@@ -98,6 +98,22 @@ class PrivacyGate:
             self.ledger.record_suppression(decision.reason, now)
         return decision
 
+    def region_allows(self, signals: RegionSignals) -> bool:
+        """May anything be transmitted from where the device is now? Fails closed.
+
+        The runtime pauses uploads while this is False: a batch from an earlier window in an
+        allowed region waits in the outbox until the device has left the blocked region.
+        """
+        try:
+            where = self.region.decide(
+                signals.lat, signals.lon, signals.account_country, signals.sim_mcc,
+                signals.locale, signals.timezone,
+            )  # fmt: skip
+        except Exception as err:
+            log.warning("region check failed (%s): uploads paused", type(err).__name__)
+            return False
+        return not where.blocked and where.country is not None
+
     def _decide(self, text: str, scores: TopicScores, signals: RegionSignals) -> PrivacyDecision:
         if not self.consent.granted():
             return _refuse("no_consent", "consent")

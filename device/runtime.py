@@ -77,6 +77,7 @@ class RuntimeStats:
     deletions_queued: int = 0
     silenced_frames: int = 0  # frames replaced by silence (not listening / throttled)
     throttle_changes: int = 0
+    region_paused: bool = False  # uploads held: the device is in a blocked region
     # stage → CPU seconds of the runtime's thread: "listen" (endpointing + STT), "topics",
     # "gate" (the publisher's own thread counts in Publisher.stats.cpu_s)
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -176,7 +177,7 @@ class DeviceRuntime:
         self._queue(self.batcher.close_due(now))
         if self.publisher is not None:
             self.publisher.set_link(self.hardware.link_up())
-            self.publisher.set_paused(throttle is not Throttle.NORMAL)
+            self.publisher.set_paused(throttle is not Throttle.NORMAL or not self._region_allows())
 
     def flush(self) -> None:
         """Close the open window now (end of a recording, shutdown) and queue it."""
@@ -224,6 +225,15 @@ class DeviceRuntime:
         self.outbox.close()
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _region_allows(self) -> bool:
+        """Nothing is transmitted from a blocked (or undecidable) region, not even old batches."""
+        check = getattr(self.gate, "region_allows", None)
+        allowed = True if check is None else bool(check(self.hardware.region_signals()))
+        if not allowed and not self.stats.region_paused:
+            log.info("in a blocked region: uploads paused")
+        self.stats.region_paused = not allowed
+        return allowed
 
     def _queue(self, batches: list[SignalBatch]) -> None:
         for batch in batches:

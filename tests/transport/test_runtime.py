@@ -196,6 +196,28 @@ def test_link_down_and_low_battery_keep_batches_then_drain_in_order(
     assert starts == [T0 - 60, T0 - 60 + HOUR, T0 - 60 + 2 * HOUR]
 
 
+def test_a_batch_from_new_york_is_not_uploaded_from_paris(
+    tmp_path: Path, secure_broker: Broker, collector: Collector, speech, models
+) -> None:
+    rt, clock, hw = device(tmp_path, secure_broker, models, link=False)
+    rt.run(WavSource(speech["interest"]))  # heard in New York, allowed
+    clock.sleep(HOUR + 900)
+    hw.region = PARIS  # the window closes after landing in Paris, before any upload
+    rt.poll()
+    assert rt.outbox.count() == 1
+    hw.link = True
+    rt.poll()
+    assert rt.stats.region_paused
+    assert rt.publisher is not None and not rt.publisher.wait_drained(1.0)
+    assert collector.seqs() == [] and rt.outbox.count() == 1
+    hw.region = NEW_YORK  # home again: the held batch goes out
+    rt.poll()
+    assert rt.publisher.wait_drained(20)
+    rt.close()
+    assert not rt.stats.region_paused
+    assert collector.wait_for(1) == [1]
+
+
 def test_consent_revoke_discards_queue_and_sends_deletion(
     tmp_path: Path, secure_broker: Broker, collector: Collector, speech, models
 ) -> None:
