@@ -177,7 +177,7 @@ def decode(payload: bytes, tag_check: TagCheck | None = None) -> Message:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        obj = _loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
         raise WireError("malformed_json", str(err)) from None
     return from_dict(obj, tag_check)
@@ -185,6 +185,20 @@ def decode(payload: bytes, tag_check: TagCheck | None = None) -> Message:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
+
+
+# One decoder for every message: ``json.loads(..., parse_constant=...)`` builds a new
+# JSONDecoder per call, a third of the parse time of a small message on the gateway.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _loads(payload: bytes | str) -> Any:
+    """``json.loads(payload, parse_constant=_reject_constant)``, same errors, less overhead."""
+    if isinstance(payload, str):
+        if payload.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", payload, 0)
+        return _DECODER.decode(payload)
+    return _DECODER.decode(payload.decode(json.detect_encoding(payload), "surrogatepass"))
 
 
 def from_dict(obj: Any, tag_check: TagCheck | None = None) -> Message:
@@ -203,6 +217,8 @@ def from_dict(obj: Any, tag_check: TagCheck | None = None) -> Message:
 
 
 def _check_fields(obj: dict[str, Any], allowed: set[str]) -> None:
+    if obj.keys() == allowed:  # the usual case: one set comparison
+        return
     unknown = set(obj) - allowed
     if unknown:
         raise WireError("unknown_field", f"unknown field(s) {sorted(unknown)}")
