@@ -79,7 +79,7 @@ def _claim(
     """Keep the items that count for the first time; classify the rest."""
     keys = sorted({(i.message.device_id, i.message.seq) for i in items})
     known: dict[tuple[str, int], str] = {}
-    for chunk in _chunks(keys, 400):
+    for chunk in _chunks(keys, 1000):
         rows = conn.execute(
             select(seen.c.device_id, seen.c.seq, seen.c.payload_sha256).where(
                 tuple_(seen.c.device_id, seen.c.seq).in_(chunk)
@@ -100,7 +100,7 @@ def _claim(
         }
     )
     per_window: Counter[tuple[str, int | None]] = Counter()
-    for chunk in _chunks(windows, 400):
+    for chunk in _chunks(windows, 1000):
         rows = conn.execute(
             select(seen.c.device_id, seen.c.window_start, func.count())
             .where(tuple_(seen.c.device_id, seen.c.window_start).in_(chunk))
