@@ -19,9 +19,17 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, and_, case, func, select, tuple_
+from sqlalchemy import Connection, and_, bindparam, case, func, select, tuple_
 
-from earmark.gateway.store import contributions, devices, floors, profiles, seen, upsert
+from earmark.gateway.store import (
+    contributions,
+    devices,
+    floors,
+    insert_many,
+    profiles,
+    seen,
+    upsert,
+)
 from earmark.wire import DeletionRequest, SignalBatch
 
 DEFAULT_HALF_LIFE_S = 14 * 86400.0
@@ -184,7 +192,8 @@ def _merge_signals(
         for t in b.tags
     ]
     if rows:
-        conn.execute(upsert(conn, contributions).on_conflict_do_nothing(), rows)
+        stmt = upsert(conn, contributions).values({c: bindparam(c) for c in rows[0]})
+        insert_many(conn, stmt.on_conflict_do_nothing(), "contributions", rows)
     owners = owners_of(conn, {b.device_id for b in batches})
     points = [
         (owners[b.device_id], t.id, t.w, float(b.window_start + b.window_s))

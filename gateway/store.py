@@ -182,5 +182,30 @@ def upsert(conn: Connection, table: Table) -> Any:
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
+_COMPILED: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def insert_many(conn: Connection, stmt: Any, key: str, rows: list[dict[str, Any]]) -> None:
+    """Run one INSERT for many rows through the driver's own ``executemany``.
+
+    For thousands of small rows SQLAlchemy's per-row parameter processing costs about twice
+    the insert itself (SQLite: 8 us against 3 us a message). The statement is still built
+    and compiled by SQLAlchemy, once per dialect and ``key``, so SQLite and PostgreSQL keep
+    one code path. Only for columns needing no type conversion (text, integers, floats).
+    """
+    cached = _COMPILED.get((conn.dialect.name, key))
+    if cached is None:
+        compiled = stmt.compile(dialect=conn.dialect)
+        cached = (str(compiled), tuple(compiled.positiontup) if compiled.positional else None)
+        _COMPILED[(conn.dialect.name, key)] = cached
+    sql, order = cached
+    if not rows:
+        return
+    if order is None:  # named parameters (psycopg): the dicts as they are
+        conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+    else:  # positional (sqlite3): tuples in the compiled order
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in order) for r in rows])
+
+
 def table_names(engine: Engine) -> list[str]:
     return sorted(inspect(engine).get_table_names())

@@ -7,12 +7,13 @@ import signal
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam, select
 
 from earmark.device.publisher import BrokerConfig
 from earmark.gateway import profiles as p
 from earmark.gateway.merge import MergeConfig
 from earmark.gateway.service import Gateway, GatewayConfig
+from earmark.gateway.store import contributions, insert_many, upsert
 from earmark.gateway.validate import Checks
 from earmark.gateway.worker import commit_batch
 from tests.gateway.conftest import Pub, make_batch, seen_count, wait_for
@@ -69,3 +70,19 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(
         pub.close()
         g.stop()
     assert g._proc is not None and not g._proc.is_alive()
+
+
+def test_insert_many_on_both_dialects(engine: Engine) -> None:
+    """The driver-level executemany: right columns on SQLite and PostgreSQL, conflicts skipped."""
+    rows = [
+        {"device_id": "dev-0001", "seq": s, "tag": t, "w": 0.5, "window_start": 3600 * s,
+         "window_s": 3600, "model": "m1"}
+        for s in (1, 2) for t in ("100", "101")
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        stmt = upsert(conn, contributions).values({c: bindparam(c) for c in rows[0]})
+        insert_many(conn, stmt.on_conflict_do_nothing(), "test-contributions", rows)
+        insert_many(conn, stmt.on_conflict_do_nothing(), "test-contributions", rows[:1])
+    with engine.connect() as conn:
+        got = conn.execute(select(contributions).order_by(*contributions.primary_key)).all()
+    assert [tuple(r) for r in got] == [tuple(r.values()) for r in rows]
