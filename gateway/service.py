@@ -101,6 +101,7 @@ class Gateway:
         self._slots = threading.Semaphore(MAX_BATCHES_IN_FLIGHT)
         self._pipe_lock = threading.Lock()  # the pipes and the worker, swapped on a respawn
         self._proc: BaseProcess | None = None
+        self._restarts = 0  # consecutive worker deaths without an answer in between
         self._to_worker: Pipe | None = None
         self._from_worker: Pipe | None = None
         self.connected = threading.Event()
@@ -229,6 +230,10 @@ class Gateway:
 
     def _respawn(self) -> None:
         """The worker died: start another and resend what it had not answered (dedup-safe)."""
+        # a batch that crashes every worker must not become a busy loop of forks
+        if self._stop.wait(min(5.0, 0.1 * 2**self._restarts)):
+            return
+        self._restarts += 1
         with self._pipe_lock:
             if self._proc is not None:
                 self._proc.join(1)
@@ -277,6 +282,7 @@ class Gateway:
                     return
                 self._respawn()
                 continue
+            self._restarts = 0
             with self._pipe_lock:
                 _raw, meta = self._inflight.popleft()
             self._slots.release()
