@@ -284,7 +284,10 @@ class World:
             return
         if e.kind == "say":
             self._emit(dev, "said", text=e.value, triggered=e.options["triggered"])
+            queued = dev.runtime.stats.batches_queued
             decisions, other = dev.say(self.clip(e), e.options["triggered"], f"{dev.id}:{e.label}")
+            if dev.runtime.stats.batches_queued > queued:  # a window closed while it played
+                self._emit(dev, "queued", batches=dev.runtime.stats.batches_queued - queued)
             for d in decisions:
                 self._emit(
                     dev,
