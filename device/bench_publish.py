@@ -27,7 +27,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from earmark.device.outbox import Outbox
-from earmark.device.publisher import BrokerConfig, Publisher
+from earmark.device.publisher import Publisher
+from earmark.endpoint import BrokerConfig
 from earmark.errors import EarmarkError
 from earmark.wire import SignalBatch, Tag
 

@@ -72,8 +72,8 @@ def cmd_device(args: argparse.Namespace) -> int:
     from earmark.clock import SystemClock
     from earmark.device.hardware import HostHardware
     from earmark.device.outbox import default_state_dir
-    from earmark.device.publisher import BrokerConfig
     from earmark.device.runtime import build_runtime, host_region
+    from earmark.endpoint import BrokerConfig
 
     broker = BrokerConfig.from_url(
         args.broker,
@@ -135,7 +135,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def cmd_bench_publish(args: argparse.Namespace) -> int:
     from earmark.device.bench_publish import local_broker, report, run_bench
-    from earmark.device.publisher import BrokerConfig
+    from earmark.endpoint import BrokerConfig
 
     if args.messages < 1 or args.rounds < 1 or args.inflight < 1:
         raise EarmarkError("--messages, --rounds and --inflight must be positive")

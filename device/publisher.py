@@ -23,69 +23,24 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from earmark.device.outbox import Outbox, OutboxLedger
-from earmark.errors import EarmarkError
+from earmark.endpoint import BrokerConfig
 from earmark.wire import topic_for
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600  # as long as the outbox TTL: a week offline keeps the session
 TRANSIENT_REFUSALS = {0x97}  # Quota exceeded: try again later; any other failure is final
 # PUBACK "No matching subscribers": the broker took the message but no session will ever
 # receive it (the gateway has not (re)subscribed yet; Mosquitto 2.0 does not restore shared
 # subscriptions after a restart). Removing it from the outbox would lose it silently, so it
 # stays and is resent after a pause: custody passes only to a broker that has a reader.
 NO_SUBSCRIBERS = 0x10
-
-
-class BrokerUrlError(EarmarkError):
-    """A broker URL or TLS option that cannot be used."""
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where and how to connect. Build it from a URL with :meth:`from_url`."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    ca: str | None = None  # CA bundle for mqtts:// (system store when None)
-    cert: str | None = None  # client certificate (mutual TLS)
-    key: str | None = None
-    keepalive: int = 30
-    session_expiry_s: int = SESSION_EXPIRY_S
-
-    @classmethod
-    def from_url(cls, url: str, **options: object) -> BrokerConfig:
-        """``mqtt://host:port`` or ``mqtts://host:port``; user:pass@ in the URL also works."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise BrokerUrlError(
-                f"broker URL {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
-            )
-        try:
-            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        except ValueError:
-            raise BrokerUrlError(f"broker URL {url!r} has an invalid port") from None
-        opts = {k: v for k, v in options.items() if v is not None}
-        if parts.username and "username" not in opts:
-            opts["username"] = unquote(parts.username)
-        if parts.password and "password" not in opts:
-            opts["password"] = unquote(parts.password)
-        tls = parts.scheme == "mqtts"
-        if not tls and any(opts.get(k) for k in ("ca", "cert", "key")):
-            raise BrokerUrlError(f"--ca/--cert/--key need an mqtts:// broker URL, not {url!r}")
-        return cls(host=parts.hostname, port=port, tls=tls, **opts)  # type: ignore[arg-type]
 
 
 def status_payload(online: bool) -> bytes:
@@ -148,24 +103,7 @@ class Publisher:
     # --- client setup -------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.device_id,
-            protocol=mqtt.MQTTv5,
-        )
-        b = self.broker
-        if b.username is not None:
-            client.username_pw_set(b.username, b.password)
-        if b.tls:
-            try:
-                client.tls_set(
-                    ca_certs=b.ca,
-                    certfile=b.cert,
-                    keyfile=b.key,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError) as err:
-                raise BrokerUrlError(f"cannot use the TLS files: {err}") from None
+        client = self.broker.new_client(self.device_id)
         client.will_set(self.status_topic, status_payload(False), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

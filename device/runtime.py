@@ -36,9 +36,10 @@ if TYPE_CHECKING:
     from earmark.device.audio import AudioFrame, AudioSource
     from earmark.device.consent import ConsentStore
     from earmark.device.privacy import PrivacyDecision, RegionSignals
-    from earmark.device.publisher import BrokerConfig, Publisher
+    from earmark.device.publisher import Publisher
     from earmark.device.stt import SttEngine, Transcript
     from earmark.device.topics import TopicScores
+    from earmark.endpoint import BrokerConfig
 
 log = logging.getLogger(__name__)
 

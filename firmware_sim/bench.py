@@ -27,7 +27,7 @@ TARGET_BYTES_PER_HOUR = 10_000
 
 
 def run_bench(utterances: int, rounds: int, engine: str, latency: int = 5) -> int:
-    from earmark.device.publisher import BrokerConfig
+    from earmark.endpoint import BrokerConfig
     from earmark.firmware_sim.proxy import LinkProxy
     from earmark.gateway import profiles
     from earmark.gateway.broker import LocalBroker

@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     from earmark.device.audio import SAMPLE_RATE
     from earmark.device.outbox import Outbox
     from earmark.device.privacy import build_parts
-    from earmark.device.publisher import BrokerConfig, Publisher
+    from earmark.device.publisher import Publisher
     from earmark.device.runtime import DeviceRuntime
     from earmark.device.stt import engine_for, utterances
     from earmark.device.topics import TopicClassifier
     from earmark.device.vad import Endpointer
+    from earmark.endpoint import BrokerConfig
     from earmark.firmware_sim.glasses import Battery, Place, SimGlasses
     from earmark.firmware_sim.mic import SimMic, silence
     from earmark.firmware_sim.scenario import BUNDLED

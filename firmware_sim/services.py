@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from earmark.device.publisher import BrokerConfig
+from earmark.endpoint import BrokerConfig
 from earmark.errors import EarmarkError
 from earmark.gateway import profiles
 from earmark.gateway.merge import MergeConfig

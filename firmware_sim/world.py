@@ -25,8 +25,9 @@ from typing import Any
 
 from earmark.device.outbox import Outbox
 from earmark.device.privacy import PrivacyDecision, PrivacyParts, build_parts
-from earmark.device.publisher import BrokerConfig, Publisher
+from earmark.device.publisher import Publisher
 from earmark.device.runtime import DeviceRuntime
+from earmark.endpoint import BrokerConfig
 from earmark.firmware_sim.glasses import Battery, SimGlasses
 from earmark.firmware_sim.mic import SimMic, silence
 from earmark.firmware_sim.proxy import LinkProxy

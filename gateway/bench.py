@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import create_engine, func, select, text
 from tqdm import tqdm
 
-from earmark.device.publisher import BrokerConfig
+from earmark.endpoint import BrokerConfig
 from earmark.errors import EarmarkError
 from earmark.gateway import profiles
 from earmark.gateway.broker import LocalBroker

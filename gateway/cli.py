@@ -84,7 +84,7 @@ def merge_config(args: argparse.Namespace) -> MergeConfig:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
-    from earmark.device.publisher import BrokerConfig
+    from earmark.endpoint import BrokerConfig
     from earmark.gateway.http_api import ApiServer
     from earmark.gateway.service import Gateway, GatewayConfig
     from earmark.gateway.store import open_engine

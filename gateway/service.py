@@ -22,7 +22,6 @@ import logging
 import multiprocessing
 import os
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -33,12 +32,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import Engine
 
-from earmark.device.publisher import BrokerConfig
+from earmark.endpoint import BrokerConfig
 from earmark.gateway.merge import MergeConfig
 from earmark.gateway.metrics import Metrics
 from earmark.gateway.validate import Checks
@@ -109,19 +107,7 @@ class Gateway:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.cfg.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        b = self.cfg.broker
-        if b.username is not None:
-            client.username_pw_set(b.username, b.password)
-        if b.tls:
-            client.tls_set(
-                ca_certs=b.ca, certfile=b.cert, keyfile=b.key, tls_version=ssl.PROTOCOL_TLS_CLIENT
-            )
+        client = self.cfg.broker.new_client(self.cfg.client_id, manual_ack=True)
         client.reconnect_delay_set(1, 10)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect

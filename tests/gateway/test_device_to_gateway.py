@@ -30,7 +30,8 @@ from sqlalchemy import Engine, func, select
 
 from earmark.device.ledger import Ledger
 from earmark.device.outbox import Outbox
-from earmark.device.publisher import BrokerConfig, Publisher
+from earmark.device.publisher import Publisher
+from earmark.endpoint import BrokerConfig
 from earmark.gateway import profiles as p
 from earmark.gateway.merge import MergeConfig
 from earmark.gateway.service import Gateway, GatewayConfig

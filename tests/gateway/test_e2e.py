@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from earmark.device.publisher import BrokerConfig
+from earmark.endpoint import BrokerConfig
 from earmark.gateway import profiles as p
 from earmark.gateway.http_api import ApiServer
 from earmark.gateway.merge import MergeConfig

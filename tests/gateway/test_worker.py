@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import Engine, bindparam, select
 
-from earmark.device.publisher import BrokerConfig
+from earmark.endpoint import BrokerConfig
 from earmark.gateway import profiles as p
 from earmark.gateway.merge import MergeConfig
 from earmark.gateway.service import Gateway, GatewayConfig

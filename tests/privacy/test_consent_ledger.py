@@ -15,7 +15,8 @@ from earmark.cli import main
 from earmark.device.consent import ConsentStore
 from earmark.device.outbox import Outbox
 from earmark.device.privacy import PrivacyParts
-from earmark.device.publisher import BrokerConfig, Publisher
+from earmark.device.publisher import Publisher
+from earmark.endpoint import BrokerConfig
 from earmark.wire import DeletionRequest, SignalBatch, Tag, decode
 from tests.support.broker import Broker
 

@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from earmark.device.publisher import BrokerConfig
+from earmark.endpoint import BrokerConfig
 from earmark.wire import Message, SignalBatch, Tag
 from tests.support.broker import GATEWAY_USER, Broker, deploy_broker
 

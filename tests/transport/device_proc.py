@@ -13,7 +13,8 @@ import threading
 import time
 
 from earmark.device.outbox import Outbox
-from earmark.device.publisher import BrokerConfig, Publisher
+from earmark.device.publisher import Publisher
+from earmark.endpoint import BrokerConfig
 from earmark.wire import Message
 from tests.transport.conftest import batch
 

@@ -14,7 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from earmark.device.outbox import Outbox
-from earmark.device.publisher import BrokerConfig, BrokerUrlError, Publisher, status_payload
+from earmark.device.publisher import Publisher, status_payload
+from earmark.endpoint import BrokerConfig, BrokerUrlError
 from earmark.wire import DeletionRequest
 from tests.support.broker import GATEWAY_USER, Broker, deploy_broker, make_test_ca
 from tests.transport.conftest import (
