@@ -12,6 +12,13 @@ from pathlib import Path
 from earmark.cli import Cli
 from earmark.errors import EarmarkError
 
+# what the header says about the broker (Services.broker_kind)
+BROKER_NOTE = {
+    "given": "given",
+    "mosquitto": "Mosquitto, started here",
+    "embedded": "earmark's embedded broker, started here",
+}
+
 
 def register(cli: Cli) -> None:
     p = cli.command(
@@ -87,7 +94,7 @@ def run_scenario(
         print(f"earmark sim: {scenario.name}")
         print(
             f"  {n} device(s), speed {'flat out' if speed == 0 else f'{speed:g}x'}; "
-            f"broker {services.broker_url} ({'given' if broker else 'started here'}); "
+            f"broker {services.broker_url} ({BROKER_NOTE[services.broker_kind]}); "
             f"gateway on {services.engine.url.render_as_string(hide_password=True)}"
         )
         print("  loading the speech recogniser and the topic model …", flush=True)

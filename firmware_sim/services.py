@@ -2,9 +2,10 @@
 
 Why here: ``earmark sim`` and ``earmark demo`` must run on a fresh machine with nothing set
 up, so they start the local ``mosquitto`` binary on a free loopback port with a config of their
-own (:class:`earmark.gateway.broker.LocalBroker`) and run the real gateway in this process on a
-SQLite file in a temp dir. The HIL tests pass a broker started from the shipped deploy config
-instead, with per-device credentials; both paths use the same :class:`Services` object.
+own (:class:`earmark.gateway.broker.LocalBroker`; earmark's embedded broker where Mosquitto is
+not installed) and run the real gateway in this process on a SQLite file in a temp dir. The HIL
+tests pass a broker started from the shipped deploy config instead, with per-device
+credentials; both paths use the same :class:`Services` object.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Services:
     taxonomy: Taxonomy
     passwords: dict[str, str] = field(default_factory=dict)  # device id → MQTT password
     _stop: list[Any] = field(default_factory=list)
+    broker_kind: str = "given"  # or the LocalBroker started here: "mosquitto" | "embedded"
 
     @classmethod
     def start(
@@ -54,12 +56,13 @@ class Services:
     ) -> Services:
         """Start what is missing: a local broker without ``broker_url``, always a gateway."""
         stop: list[Any] = []
+        kind = "given"
         if broker_url is None:
             from earmark.gateway.broker import LocalBroker
 
             broker = LocalBroker()
             stop.append(broker.stop)
-            broker_url = broker.url
+            broker_url, kind = broker.url, broker.kind
         engine = open_engine(db_url or f"sqlite:///{workdir / 'gateway.sqlite3'}")
         merge = MergeConfig()
         taxonomy = load_taxonomy()
@@ -76,7 +79,7 @@ class Services:
             for f in stop:
                 f()
             raise EarmarkError(f"the gateway could not subscribe at {broker_url}")
-        return cls(broker_url, engine, gateway, merge, taxonomy, dict(passwords or {}), stop)
+        return cls(broker_url, engine, gateway, merge, taxonomy, dict(passwords or {}), stop, kind)
 
     def register(self, device_id: str, user_id: str) -> None:
         profiles.register_device(self.engine, device_id, user_id, self.merge)
