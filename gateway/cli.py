@@ -1,4 +1,4 @@
-"""``earmark gateway``, ``earmark gateway-admin`` and ``earmark bench gateway``."""
+"""``earmark gateway``, ``earmark gateway-admin``, ``earmark bench gateway`` and ``broker``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ def register(cli: Cli) -> None:
         help="PostgreSQL URL ('' to skip)",
     )
     b.add_argument("--latency-messages", type=int, default=500)
+    bb = cli.command(
+        "broker",
+        bench_broker,
+        "the embedded MQTT broker vs Mosquitto: msg/s, broker CPU and RSS",
+        group="bench",
+    )
+    bb.add_argument("--messages", type=int, default=5000)
+    bb.add_argument("--rounds", type=int, default=5)
+    bb.add_argument("--inflight", type=int, default=100, help="publisher's QoS 1 window")
 
 
 def _admin(cli: Cli) -> None:
@@ -173,6 +182,12 @@ def run_admin(args: argparse.Namespace) -> int:
     else:
         print(f"schema up to date at {engine.url!r}")
     return 0
+
+
+def bench_broker(args: argparse.Namespace) -> int:
+    from earmark.gateway.bench_broker import run_bench
+
+    return run_bench(args.messages, args.rounds, args.inflight)
 
 
 def bench_gateway(args: argparse.Namespace) -> int:

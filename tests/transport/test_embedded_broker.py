@@ -439,3 +439,12 @@ def test_demo_runs_on_the_embedded_broker(tmp_path: Path) -> None:
     assert "sensitive:health" in suppressed and "region_blocked:FR" in suppressed
     assert "1/1 devices match exactly" in text
     assert list(tmp_path.glob("earmark-*")) == []  # broker and sim dirs cleaned up
+
+
+def test_bench_broker_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from earmark.cli import main
+
+    assert main(["bench", "broker", "--messages", "200", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Mosquitto" in out and "embedded (earmark)" in out
+    assert "ratio embedded/Mosquitto:" in out and out.count("msg/s") == 2
