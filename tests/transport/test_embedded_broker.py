@@ -323,6 +323,50 @@ def test_same_client_id_takes_the_session_over(broker: LocalBroker) -> None:
     watcher.close()
 
 
+def test_queued_message_expiry_unsubscribe_and_will_delay(broker: LocalBroker) -> None:
+    away = Client(broker, "away", "e/#", clean=False, expiry=60)
+    away.close()
+    pub = Client(broker, "pub")
+    short = Properties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 1
+    pub.publish("e/1", b"expires while queued", properties=short)
+    pub.publish("e/2", b"stays")
+    watcher = Client(broker, "watcher", "w/#")
+    delay = Properties(PacketTypes.WILLMESSAGE)
+    delay.WillDelayInterval = 1
+    dev = Client(broker, "dev", clean=False, expiry=60, will=("w/dev", b"late"), will_props=delay)
+    back = Client(broker, "dev2", clean=False, expiry=60, will=("w/dev2", b"never"),
+                  will_props=delay)  # fmt: skip
+    dev.kill()
+    back.kill()
+    Client(broker, "dev2", clean=False, expiry=60)  # back within the will delay: no will
+    time.sleep(1.3)
+    assert payloads(watcher.wait(1)) == [b"late"]
+    away = Client(broker, "away", clean=False, expiry=60)
+    assert payloads(away.wait(1)) == [b"stays"]
+    away.client.unsubscribe("e/#")
+    wait_for(lambda: pub.publish("e/3", b"x").value == 0x10, 5, "the unsubscribe")
+    for c in (away, pub, watcher):
+        c.close()
+
+
+def test_what_the_broker_refuses(broker: LocalBroker) -> None:
+    """QoS 2 and topic aliases end the connection; an MQTT 3.1.1 client is told no."""
+    for kw in ({"qos": 2}, {"properties": Properties(PacketTypes.PUBLISH)}):
+        c = Client(broker, "refused")
+        if "properties" in kw:
+            kw["properties"].TopicAlias = 1  # type: ignore[union-attr]
+        c.client.publish("t", b"x", **kw)  # type: ignore[arg-type]
+        assert c.disconnected.wait(5)
+        c.client.loop_stop()
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as s:
+        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + b"\x00\x03old"
+        s.sendall(bytes([0x10, len(body)]) + body)
+        assert read_packet(s) == (0x20, b"\x00\x01")  # 3.1.1: unacceptable protocol version
+        assert s.recv(1) == b""
+    assert Client(broker, "after").session_present is False  # still serving
+
+
 def test_malformed_packet_closes_only_that_connection(broker: LocalBroker) -> None:
     sub = Client(broker, "sub", "t")
     # garbage before any CONNECT: closed, nothing sent back
