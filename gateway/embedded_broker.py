@@ -121,8 +121,7 @@ class Reader:
         return s
 
     def rest(self) -> bytes:
-        self.pos, rest = len(self.data), self.data[self.pos :]
-        return rest
+        return self.take(len(self.data) - self.pos)
 
     def done(self) -> bool:
         return self.pos >= len(self.data)
