@@ -11,7 +11,7 @@ from earmark.cli import build_parser, main
 
 COMMANDS = ["transcribe", "devices", "classify", "consent", "region", "ledger", "device",
             "gateway", "sim", "demo"]  # fmt: skip
-GROUPED = {"bench": ["stt", "topics", "gate", "gateway", "device"], "eval": ["topics"],
+GROUPED = {"bench": ["stt", "topics", "gate", "gateway", "broker", "device"], "eval": ["topics"],
            "models": ["fetch"]}  # fmt: skip
 
 
