@@ -114,32 +114,58 @@ def _speech_texts(engine_name: str) -> object:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from tqdm import tqdm
 
     from earmark.device.topics import TopicClassifier
-    from earmark.device.topics_eval import SPLITS, evaluate, format_eval, load_split
+    from earmark.device.topics_eval import (
+        FRESH_SETS,
+        SPLITS,
+        evaluate,
+        format_eval,
+        load_fresh,
+        load_split,
+    )
 
     clf = TopicClassifier.load(args.model)
     data = Path(args.data) if args.data else None
-    splits = {s: load_split(s, data) for s in SPLITS}
+    sets = {"held-out": {s: load_split(s, data) for s in SPLITS}}
+    sets |= {name: load_fresh(name, data) for name in FRESH_SETS}
     if args.limit:
         rng = random.Random(args.seed)
-        splits = {k: rng.sample(v, min(args.limit, len(v))) for k, v in splits.items()}
+        sets = {
+            name: {k: rng.sample(v, min(args.limit, len(v))) for k, v in splits.items()}
+            for name, splits in sets.items()
+        }
+    gate = None if args.model_only else _sensitive_filter(clf)
+
+    def suppress(text: str, scores: object) -> str | None:
+        hits = gate.check(text, scores) if gate else []  # type: ignore[arg-type]
+        return hits[0].reason if hits else None
+
     results = {}
-    text = evaluate(clf, splits, progress=lambda it: tqdm(it, desc="text", leave=False))
-    results["text"] = text
-    if args.speech:
-        heard = _speech_texts(args.engine)
-        results["speech"] = evaluate(
-            clf, splits, texts=heard, progress=lambda it: tqdm(it, desc="speech", leave=False)
+    for name, splits in sets.items():
+        results[f"{name}/text"] = evaluate(
+            clf, splits, progress=partial(tqdm, desc=name, leave=False), suppress=suppress
         )
+        if args.speech:
+            results[f"{name}/speech"] = evaluate(
+                clf,
+                splits,
+                texts=_speech_texts(args.engine),
+                progress=partial(tqdm, desc=f"{name} speech", leave=False),
+                suppress=suppress,
+            )
     if args.json:
         print(json.dumps({"model": clf.version, **{k: v.as_dict() for k, v in results.items()}}))
-    else:
-        print(f"model {clf.version}, taxonomy {clf.taxonomy.version}")
-        for name, r in results.items():
-            label = "held-out, as text" if name == "text" else f"same, via Piper + {args.engine}"
-            print(format_eval(label, r))
+        return 0
+    decided = "the model head alone" if args.model_only else "the privacy gate's filter"
+    print(f"model {clf.version}, taxonomy {clf.taxonomy.version}; suppression by {decided}")
+    for key, r in results.items():
+        name, how = key.split("/")
+        label = f"{name}, as text" if how == "text" else f"{name}, via Piper + {args.engine}"
+        print(format_eval(label, r))
     return 0
 
 
@@ -158,13 +184,18 @@ def register(cli: Cli) -> None:
     p.add_argument("--model", metavar="DIR", help="model directory (default: shipped artifact)")
 
     p = cli.command(
-        "topics", _eval, "topic model quality on the held-out splits (text, and speech)", "eval"
+        "topics", _eval, "topic model quality on the held-out and fresh sets (text, speech)", "eval"
     )
     p.add_argument("--speech", action="store_true", help="also via Piper TTS + STT")
     p.add_argument("--engine", default="pocketsphinx", choices=("pocketsphinx", "vosk"))
     p.add_argument("--limit", type=int, default=0, help="sample N items per split (0: all)")
     p.add_argument("--seed", type=int, default=7, help="seed for --limit sampling")
-    p.add_argument("--data", metavar="DIR", help="held-out split directory")
+    p.add_argument("--data", metavar="DIR", help="directory of the evaluation sets")
+    p.add_argument(
+        "--model-only",
+        action="store_true",
+        help="suppress by the model's sensitive head alone, not the privacy gate's filter",
+    )
     p.add_argument("--model", metavar="DIR", help="model directory (default: shipped artifact)")
     p.add_argument("--json", action="store_true")
 

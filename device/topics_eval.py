@@ -1,21 +1,33 @@
-"""Quality of the topic model on the held-out splits in models/data/ (never trained on).
+"""Quality of the topic model on the evaluation sets in models/data/ (never trained on).
 
-Shared by `earmark eval topics` and the build recipe (which writes the figures into the model
-card), so the card and the command measure the same thing the same way.
+Three sets, none of them ever trained on: the held-out splits the build writes
+(``heldout_*.jsonl``: corpus items split per intent, and template utterances whose topic phrase
+and frame training never saw); the fresh dev set (``fresh_dev.toml``): natural utterances
+written independently of the training data, used to tune; and the fresh test set
+(``fresh_test.toml``), written later still, seen by nobody who tuned anything. Shared by
+`earmark eval topics` and the build recipe (which writes the figures into the model card), so
+both measure the same way.
+
+A decision is the classifier's own (`TopicClassifier.decide`) unless a ``suppress`` check is
+given: the CLI passes the privacy gate's layered filter, which is how the device decides. The
+model head's own recall and false suppression are reported either way.
 """
 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from earmark.device.topics import TopicClassifier
+from earmark.device.topics import NONE_CLASS, TopicClassifier, TopicScores
 from earmark.errors import EarmarkError
 
 SPLITS = ("interest", "none", "sensitive")
+FRESH_SETS = {"fresh-dev": "fresh_dev.toml", "fresh-test": "fresh_test.toml"}
+Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,8 @@ class TopicEval:
     sensitive_recall: float  # sensitive utterances decided "suppress"
     sensitive_category_accuracy: float  # ... whose top category is the expected one
     false_suppression: float  # interest + none utterances decided "suppress"
+    model_sensitive_recall: float  # the model head alone (clf.decide), whatever decided above
+    model_false_suppression: float
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -65,6 +79,30 @@ def load_split(name: str, directory: Path | None = None) -> list[HeldOut]:
     return out
 
 
+def load_fresh(name: str, directory: Path | None = None) -> dict[str, list[HeldOut]]:
+    """A fresh natural set (a FRESH_SETS key), split as the held-out: interest, none, sensitive."""
+    from earmark.taxonomy import load_taxonomy
+
+    path = (directory or data_dir()) / FRESH_SETS[name]
+    try:
+        classes = tomllib.loads(path.read_text(encoding="utf-8"))["classes"]
+    except FileNotFoundError:
+        raise EarmarkError(f"the {name} set is not at {path}") from None
+    except (tomllib.TOMLDecodeError, KeyError) as err:
+        raise EarmarkError(f"{path}: not a fresh utterance set ({err})") from err
+    tax = load_taxonomy()
+    out: dict[str, list[HeldOut]] = {s: [] for s in SPLITS}
+    for label, cls in classes.items():
+        for text in cls["sentences"]:
+            if label == NONE_CLASS:
+                out["none"].append(HeldOut(text, "none", name))
+            elif label.startswith("sensitive:"):
+                out["sensitive"].append(HeldOut(text, label.split(":", 1)[1], name))
+            else:
+                out["interest"].append(HeldOut(text, tax.node(label).tier1, name))
+    return out
+
+
 def macro_f1(pairs: list[tuple[str, str]]) -> float:
     labels = sorted({e for e, _ in pairs})
     f1s = []
@@ -81,42 +119,56 @@ def evaluate(
     splits: dict[str, list[HeldOut]],
     texts: Callable[[list[HeldOut]], Iterable[str]] | None = None,
     progress: Callable[[Iterable], Iterable] = lambda x: x,
+    suppress: Suppress | None = None,
 ) -> TopicEval:
-    """Score every held-out item; `texts` may replace each item's text (e.g. by speech+STT)."""
+    """Score every item; `texts` may replace each item's text (e.g. by speech+STT)."""
 
-    def run(items: list[HeldOut]) -> list[tuple[HeldOut, str, str, str]]:
+    def run(items: list[HeldOut]) -> list[_Scored]:
         out = []
         source = texts(items) if texts else (i.text for i in items)
         for item, text in progress(zip(items, source, strict=True)):
             if not text.strip():  # a recogniser can hear nothing: that is a "none" decision
-                out.append((item, "", "none", ""))
+                out.append(_Scored(item, "", "none", "", "none"))
                 continue
             scores = clf.classify(text)
-            decision, _ = clf.decide(scores)
+            own, _ = clf.decide(scores)
+            decision = "suppress" if suppress and suppress(text, scores) else own
             tier1 = next(t.tier1 for t in scores.topics if t.name == t.tier1)
             top_cat = max(scores.sensitive.items(), key=lambda kv: kv[1])[0]
-            out.append((item, tier1, decision, top_cat))
+            out.append(_Scored(item, tier1, decision, top_cat, own))
         return out
 
     interest = run(splits["interest"])
     none = run(splits["none"])
     sensitive = run(splits["sensitive"])
+    ordinary = interest + none
 
     def rate(xs: list[bool]) -> float:
         return sum(xs) / len(xs) if xs else 0.0
 
     return TopicEval(
         n_interest=len(interest),
-        top1_tier1_accuracy=rate([i.expect == t for i, t, _, _ in interest]),
-        macro_f1=macro_f1([(i.expect, t) for i, t, _, _ in interest]),
-        publish_rate=rate([d == "publish" and i.expect == t for i, t, d, _ in interest]),
+        top1_tier1_accuracy=rate([r.item.expect == r.tier1 for r in interest]),
+        macro_f1=macro_f1([(r.item.expect, r.tier1) for r in interest]),
+        publish_rate=rate([r.decision == "publish" and r.item.expect == r.tier1 for r in interest]),
         n_none=len(none),
-        none_rate=rate([d == "none" for _, _, d, _ in none]),
+        none_rate=rate([r.decision == "none" for r in none]),
         n_sensitive=len(sensitive),
-        sensitive_recall=rate([d == "suppress" for _, _, d, _ in sensitive]),
-        sensitive_category_accuracy=rate([i.expect == c for i, _, _, c in sensitive]),
-        false_suppression=rate([d == "suppress" for _, _, d, _ in interest + none]),
+        sensitive_recall=rate([r.decision == "suppress" for r in sensitive]),
+        sensitive_category_accuracy=rate([r.item.expect == r.top_category for r in sensitive]),
+        false_suppression=rate([r.decision == "suppress" for r in ordinary]),
+        model_sensitive_recall=rate([r.model_decision == "suppress" for r in sensitive]),
+        model_false_suppression=rate([r.model_decision == "suppress" for r in ordinary]),
     )
+
+
+@dataclass(frozen=True)
+class _Scored:
+    item: HeldOut
+    tier1: str  # the top tier-1 ("" when nothing was heard)
+    decision: str  # with the suppress check, if any
+    top_category: str
+    model_decision: str  # the classifier's own
 
 
 def format_eval(name: str, e: TopicEval) -> str:
@@ -134,5 +186,7 @@ def format_eval(name: str, e: TopicEval) -> str:
             f"  sensitive recall         {e.sensitive_recall:6.3f}   (target >= 0.99)",
             f"  sensitive category acc.  {e.sensitive_category_accuracy:6.3f}",
             f"  false suppression        {e.false_suppression:6.3f}   (target <= 0.05)",
+            f"  model head alone: recall {e.model_sensitive_recall:6.3f}, false suppression"
+            f" {e.model_false_suppression:.3f}",
         ]
     )

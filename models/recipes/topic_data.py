@@ -8,10 +8,16 @@ Why it is built like this:
 - Held-out splits are disjoint by construction: for the project's own utterances, a held-out
   item never shares its topic phrase, its frame or its sentence with training; corpus items are
   split per intent. Splits are seeded, so the build is reproducible.
+- Natural utterances (natural/*.toml: whole sentences people say, hard negatives that only look
+  sensitive) go to training only, with extra noisy copies: templates alone taught the heads
+  the frames, not how people talk. Their held-out counterparts are the fresh sets
+  (models/data/fresh_dev.toml, fresh_test.toml), written separately; nothing in them, and no
+  utterance of the tests (tests/topics/cases.py), is ever trained on.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -35,6 +41,9 @@ HELDOUT_FRACTION = 0.25
 TAXONOMY_FRAMES_PER_TOPIC = 6
 EXCLUDED_NODES = {"390"}  # Science > Weather: weather questions are no-interest utterances
 SENSITIVE_FRAMES_PER_TOPIC = 12  # sensitive classes have many more topic phrases
+NATURAL_NOISY_COPIES = 4  # natural sentences are few next to the templates: weigh them up
+FRESH_SETS = [HERE.parent / "data" / f for f in ("fresh_dev.toml", "fresh_test.toml")]
+TEST_CASES = HERE.parents[1] / "tests" / "topics" / "cases.py"
 
 
 @dataclass(frozen=True)
@@ -245,22 +254,51 @@ def taxonomy_examples(rng: random.Random) -> list[Example]:
     ]
 
 
+def natural_examples() -> list[Example]:
+    """Whole natural sentences per class, and hard negatives labelled with their interest tag."""
+    out: list[Example] = []
+    for path in sorted((HERE / "natural").glob("*.toml")):
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        for label, cls in data.get("classes", {}).items():
+            out += [Example(spoken(t), label, "natural") for t in cls["sentences"]]
+        for label, texts in data.get("hard_negatives", {}).items():
+            out += [Example(spoken(t), label, "natural") for t in texts]
+    return out
+
+
+def never_train_on() -> set[str]:
+    """The fresh dev and test sets and every string in the topic tests, as recogniser text."""
+    texts: list[str] = []
+    for path in FRESH_SETS:
+        if path.exists():
+            fresh = tomllib.loads(path.read_text(encoding="utf-8"))
+            texts += [t for cls in fresh["classes"].values() for t in cls["sentences"]]
+    if TEST_CASES.exists():
+        tree = ast.parse(TEST_CASES.read_text(encoding="utf-8"))
+        strings = (n for n in ast.walk(tree) if isinstance(n, ast.Constant))
+        texts += [n.value for n in strings if isinstance(n.value, str)]
+    return {spoken(t) for t in texts} - {""}
+
+
 def build_splits() -> tuple[list[Example], list[Example]]:
-    """(train, held_out); no held-out text appears in training."""
+    """(train, held_out); no held-out, fresh-evaluation or test text appears in training."""
     rng = random.Random(SEED)
     s_tr, s_ho = seed_examples(rng)
     c_tr, c_ho = corpus_examples(rng)
-    train, held = s_tr + c_tr + taxonomy_examples(rng), s_ho + c_ho
-    held_texts = {e.text for e in held}
-    train = [e for e in train if e.text not in held_texts]
-    return train, held
+    train, held = s_tr + c_tr + taxonomy_examples(rng) + natural_examples(), s_ho + c_ho
+    banned = {e.text for e in held} | never_train_on()
+    kept = [e for e in train if e.text not in banned]
+    dropped = sorted({e.text for e in train if e.source == "natural"} & banned)
+    if dropped:
+        print(f"left out of training, being evaluation text: {len(dropped)} natural sentences")
+    return kept, held
 
 
 def augment(train: list[Example], copies: int = 1) -> list[Example]:
     rng = random.Random(SEED + 1)
     extra = [
         Example(noisy(e.text, rng), e.label, e.source + "+noise")
-        for _ in range(copies)
         for e in train
+        for _ in range(copies + (NATURAL_NOISY_COPIES if e.source == "natural" else 0))
     ]
     return train + extra

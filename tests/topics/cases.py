@@ -259,9 +259,3 @@ NO_INTEREST: list[str] = [
     "call mum",
     "set a timer for twenty minutes",
 ]
-
-# Sensitive test utterances the shipped model's own head misses (measured, not hidden): the
-# privacy gate's rule layer is what must catch these. Reported in docs/topics.md.
-MODEL_KNOWN_MISSES: set[str] = {
-    "find someone who sells cocaine near here",
-}

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from earmark.device.topics import TopicClassifier, TopicInputError, normalise
+from earmark.device.topics_eval import FRESH_SETS, load_fresh
 from earmark.taxonomy import SENSITIVE_CATEGORIES
-from tests.topics.cases import INTEREST, MODEL_KNOWN_MISSES, NO_INTEREST, SENSITIVE
+from tests.topics.cases import INTEREST, NO_INTEREST, SENSITIVE
 from tests.topics.recipes import load_recipe
 
 
@@ -18,13 +19,14 @@ def _top_tier1(clf: TopicClassifier, text: str) -> str:
 
 @pytest.mark.parametrize("tier1", sorted(INTEREST))
 def test_clear_utterances_land_in_their_tier1(classifier: TopicClassifier, tier1: str) -> None:
-    # Measured bar, not the 0.90 goal: on these fresh, natural utterances the model gets about
-    # 0.82 of tier-1s right overall (docs/topics.md); a category below 8 of 12 is a regression.
+    # Measured bar: topics-1.1.0 gets 0.91 of these natural utterances right overall and no
+    # category fewer than 9 of 12 (docs/topics.md); some misses are fair doubts ("must see
+    # places in barcelona" -> Attractions). Below 9 of 12 is a regression.
     texts = INTEREST[tier1]
     assert len(texts) == 12
     got = {t: _top_tier1(classifier, t) for t in texts}
     wrong = {t: g for t, g in got.items() if g != tier1}
-    assert len(wrong) <= 4, wrong
+    assert len(wrong) <= 3, wrong
 
 
 def test_clear_utterances_overall(classifier: TopicClassifier) -> None:
@@ -34,8 +36,8 @@ def test_clear_utterances_overall(classifier: TopicClassifier) -> None:
         ok and classifier.decide(classifier.classify(t))[0] == "publish"
         for ok, (_, t) in zip(right, pairs, strict=True)
     ]
-    assert sum(right) / len(pairs) >= 0.80
-    assert sum(published) / len(pairs) >= 0.70
+    assert sum(right) / len(pairs) >= 0.90
+    assert sum(published) / len(pairs) >= 0.80
 
 
 @pytest.mark.parametrize("category", SENSITIVE_CATEGORIES)
@@ -43,8 +45,6 @@ def test_sensitive_utterances_of_every_category_are_suppressed(
     classifier: TopicClassifier, category: str
 ) -> None:
     for text in SENSITIVE[category]:
-        if text in MODEL_KNOWN_MISSES:
-            continue
         scores = classifier.classify(text)
         decision, reason = classifier.decide(scores)
         assert decision == "suppress", (text, scores.sensitive)
@@ -86,10 +86,14 @@ def test_bad_input_is_a_clear_error(classifier: TopicClassifier, bad: object) ->
     assert "\n" not in str(err.value) and "classify" in str(err.value)
 
 
-def test_test_utterances_are_not_in_the_training_data(shared_data: Path) -> None:
+def test_test_and_fresh_utterances_are_not_in_the_training_data(shared_data: Path) -> None:
     topic_data = load_recipe("topic_data")
     train, _ = topic_data.build_splits()
     seen = {e.text for e in train}
     ours = [t for ts in INTEREST.values() for t in ts]
     ours += [t for ts in SENSITIVE.values() for t in ts] + NO_INTEREST
+    for name in FRESH_SETS:
+        fresh = load_fresh(name)
+        assert sum(map(len, fresh.values())) > 500, name
+        ours += [i.text for split in fresh.values() for i in split]
     assert [t for t in ours if topic_data.spoken(t) in seen] == []

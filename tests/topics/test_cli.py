@@ -81,11 +81,24 @@ def test_classify_refuses_binary_input(capsys: pytest.CaptureFixture[str], tmp_p
 def test_eval_topics_reports_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "eval", "topics", "--limit", "40", "--json")
     assert code == 0
-    text = json.loads(out)["text"]
-    assert text["n_interest"] == text["n_none"] == text["n_sensitive"] == 40
-    assert text["top1_tier1_accuracy"] >= 0.8
-    assert text["none_rate"] >= 0.8
-    assert text["sensitive_recall"] >= 0.8
+    report = json.loads(out)
+    assert set(report) == {"model", "held-out/text", "fresh-dev/text", "fresh-test/text"}
+    for name in ("held-out/text", "fresh-dev/text", "fresh-test/text"):
+        r = report[name]
+        assert r["n_interest"] == r["n_none"] == r["n_sensitive"] == 40, name
+        assert r["top1_tier1_accuracy"] >= 0.8, name
+        assert r["none_rate"] >= 0.8, name
+        # the privacy gate's filter decides: it catches at least what the model head alone does
+        assert r["sensitive_recall"] >= max(0.9, r["model_sensitive_recall"]), name
+
+
+def test_eval_topics_model_only_is_the_head_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "eval", "topics", "--limit", "30", "--json", "--model-only")
+    assert code == 0
+    for name, r in json.loads(out).items():
+        if name != "model":
+            assert r["sensitive_recall"] == r["model_sensitive_recall"], name
+            assert r["false_suppression"] == r["model_false_suppression"], name
 
 
 def test_bench_topics_prints_figures_against_the_baseline(
