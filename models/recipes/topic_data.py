@@ -90,11 +90,17 @@ _FUNCTION_SWAPS = {
 }
 _CONTRACTIONS = {"i'm": "i am", "what's": "what is", "don't": "do not", "it's": "it is"}
 _FILLERS = ["uh", "um", "the", "and", "so"]
+# what a recogniser makes of a breath, a cough or the wearer's "hey" before the utterance
+_LEAD_INS = ["oh", "uh", "um", "what", "the", "a", "and", "hi", "so", "well", "hey", "i"]
+LEAD_IN_RATE = 0.15
 
 
 def noisy(text: str, rng: random.Random) -> str:
-    """Recognition-like errors: dropped, swapped and inserted words; contractions split."""
+    """Recognition-like errors: dropped, swapped and inserted words; contractions split; a
+    few junk words in front (1-3 lead-ins)."""
     out: list[str] = []
+    if rng.random() < LEAD_IN_RATE:
+        out += rng.choices(_LEAD_INS, k=rng.randint(1, 3))
     words = text.split()
     for w in words:
         r = rng.random()
