@@ -118,7 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from earmark.device.topics import TopicClassifier
+    from earmark.device.topics import TopicClassifier, TopicScores
     from earmark.device.topics_eval import (
         FRESH_SETS,
         SPLITS,
@@ -140,8 +140,8 @@ def _eval(args: argparse.Namespace) -> int:
         }
     gate = None if args.model_only else _sensitive_filter(clf)
 
-    def suppress(text: str, scores: object) -> str | None:
-        hits = gate.check(text, scores) if gate else []  # type: ignore[arg-type]
+    def suppress(text: str, scores: TopicScores) -> str | None:
+        hits = gate.check(text, scores) if gate else []
         return hits[0].reason if hits else None
 
     results = {}

@@ -53,6 +53,17 @@ def choose_kind(kind: str | None = None) -> str:
     return choice or ("mosquitto" if mosquitto_binary() else "embedded")
 
 
+def end_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 5 s; a no-op if it already has."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class LocalBroker:
     """``with LocalBroker() as b: b.url`` — stopped and its directory removed on exit.
 
@@ -105,13 +116,7 @@ class LocalBroker:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LocalBroker:

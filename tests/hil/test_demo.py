@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from earmark.cli import main
+from tests.support.demo import check_demo_output
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +26,7 @@ def test_demo_runs_end_to_end_without_piper(
     before = set(Path(tempfile.gettempdir()).glob("earmark-sim-*"))
     assert main(["demo", "--report", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
-    assert "Profile of alice at the gateway" in out
-    profile = out.split("Profile of alice at the gateway")[1].split("Suppressed")[0]
-    for category in ("Travel", "Food & Drink", "Automotive"):
-        assert category in profile
-    suppressed = out.split("Suppressed on the device, and why:")[1]
-    assert "sensitive:health" in suppressed and "region_blocked:FR" in suppressed
-    assert "1/1 devices match exactly" in out
+    check_demo_output(out)
     assert set(Path(tempfile.gettempdir()).glob("earmark-sim-*")) == before  # cleaned up
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["reconcile"]["alice-g000"]["match"]
