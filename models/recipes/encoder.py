@@ -124,8 +124,9 @@ def load_model() -> MiniLMEmbedder:
     return m
 
 
-def export_fp32(path: Path) -> None:
-    model = load_model()
+def export_fp32(path: Path, model: MiniLMEmbedder | None = None) -> None:
+    """Export ``model`` (default: the pretrained weights) with dynamic batch and length."""
+    model = (model or load_model()).eval()
     ids = torch.tensor([[101, 7592, 2088, 102]], dtype=torch.int64)
     mask = torch.ones_like(ids)
     torch.onnx.export(

@@ -13,6 +13,9 @@ Why it is built like this:
   the frames, not how people talk. Their held-out counterparts are the fresh sets
   (models/data/fresh_dev.toml, fresh_test.toml), written separately; nothing in them, and no
   utterance of the tests (tests/topics/cases.py), is ever trained on.
+- The natural sentences are also trained on as PocketSphinx heard them from Piper speech
+  (natural_heard.jsonl, made by speech_data.py): the device's real input has recognition
+  errors that the simulated noise does not imitate ("krispy kreme" -> "crispy cream").
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ TAXONOMY_FRAMES_PER_TOPIC = 6
 EXCLUDED_NODES = {"390"}  # Science > Weather: weather questions are no-interest utterances
 SENSITIVE_FRAMES_PER_TOPIC = 12  # sensitive classes have many more topic phrases
 NATURAL_NOISY_COPIES = 4  # natural sentences are few next to the templates: weigh them up
-FRESH_SETS = [HERE.parent / "data" / f for f in ("fresh_dev.toml", "fresh_test.toml")]
+HEARD = HERE / "natural_heard.jsonl"
+# A transcript that lost more than this share of its words teaches a label for noise; the
+# device's sensitive head would learn to flag garbled speech.
+MAX_HEARD_WER = 0.5
+FRESH_SETS = [
+    HERE.parent / "data" / f for f in ("fresh_dev.toml", "fresh_test.toml", "fresh_test_2.toml")
+]
 TEST_CASES = HERE.parents[1] / "tests" / "topics" / "cases.py"
 
 
@@ -272,6 +281,24 @@ def natural_examples() -> list[Example]:
     return out
 
 
+def heard_examples(sentences: set[str]) -> list[Example]:
+    """What the recogniser heard of those natural ``sentences`` that it misheard, labelled as the
+    sentence was."""
+    from earmark.device.wer import wer
+
+    if not HEARD.exists():
+        return []
+    rows = [json.loads(line) for line in HEARD.read_text(encoding="utf-8").splitlines() if line]
+    return [
+        Example(spoken(r["heard"]), r["label"], "natural+heard")
+        for r in rows
+        if r["text"] in sentences
+        and r["heard"]
+        and r["heard"] != r["text"]
+        and wer(r["text"], r["heard"]).wer <= MAX_HEARD_WER
+    ]
+
+
 def never_train_on() -> set[str]:
     """The fresh dev and test sets and every string in the topic tests, as recogniser text."""
     texts: list[str] = []
@@ -291,9 +318,13 @@ def build_splits() -> tuple[list[Example], list[Example]]:
     rng = random.Random(SEED)
     s_tr, s_ho = seed_examples(rng)
     c_tr, c_ho = corpus_examples(rng)
-    train, held = s_tr + c_tr + taxonomy_examples(rng) + natural_examples(), s_ho + c_ho
+    natural = natural_examples()
+    train, held = s_tr + c_tr + taxonomy_examples(rng) + natural, s_ho + c_ho
     banned = {e.text for e in held} | never_train_on()
     kept = [e for e in train if e.text not in banned]
+    # heard copies of sentences that are still trained on (never of evaluation text)
+    heard = heard_examples({e.text for e in natural} - banned)
+    kept += [e for e in heard if e.text not in banned]
     dropped = sorted({e.text for e in train if e.source == "natural"} & banned)
     if dropped:
         print(f"left out of training, being evaluation text: {len(dropped)} natural sentences")
