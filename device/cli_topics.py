@@ -19,7 +19,7 @@ from earmark.errors import EarmarkError
 
 if TYPE_CHECKING:
     from earmark.device.sensitive import SensitiveFilter
-    from earmark.device.topics import TopicClassifier
+    from earmark.device.topics import TopicClassifier, TopicScores
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
@@ -118,7 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from earmark.device.topics import TopicClassifier, TopicScores
+    from earmark.device.topics import TopicClassifier
     from earmark.device.topics_eval import (
         FRESH_SETS,
         SPLITS,
@@ -130,8 +130,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     clf = TopicClassifier.load(args.model)
     data = Path(args.data) if args.data else None
-    sets = {"held-out": {s: load_split(s, data) for s in SPLITS}}
-    sets |= {name: load_fresh(name, data) for name in FRESH_SETS}
+    known = ["held-out", *FRESH_SETS]
+    chosen = args.sets or known
+    if unknown := sorted(set(chosen) - set(known)):
+        raise EarmarkError(f"unknown evaluation set {unknown[0]!r}; choose from {', '.join(known)}")
+    sets = {"held-out": {s: load_split(s, data) for s in SPLITS}} if "held-out" in chosen else {}
+    sets |= {name: load_fresh(name, data) for name in FRESH_SETS if name in chosen}
     if args.limit:
         rng = random.Random(args.seed)
         sets = {
@@ -144,6 +148,8 @@ def _eval(args: argparse.Namespace) -> int:
         hits = gate.check(text, scores) if gate else []
         return hits[0].reason if hits else None
 
+    if args.sweep:
+        return _sweep(clf, sets, args.json)
     results = {}
     for name, splits in sets.items():
         results[f"{name}/text"] = evaluate(
@@ -169,6 +175,31 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(clf: TopicClassifier, sets: dict, as_json: bool) -> int:
+    """The gate's trade-off over model thresholds, per set: how the policy's is chosen."""
+    import dataclasses
+    import math
+
+    from earmark.device.topics_eval import format_sweep, sweep
+
+    gate = _sensitive_filter(clf)
+    policy = gate.policy
+    others = type(gate)(
+        dataclasses.replace(policy, model_threshold=math.inf, model_thresholds={}), clf.taxonomy
+    )
+
+    def other_layers(text: str, scores: TopicScores) -> str | None:
+        hits = others.check(text, scores)
+        return hits[0].reason if hits else None
+
+    points = {name: sweep(clf, splits, other_layers) for name, splits in sets.items()}
+    if as_json:
+        print(json.dumps({n: [dataclasses.asdict(p) for p in ps] for n, ps in points.items()}))
+    else:
+        print(format_sweep(points, policy.model_threshold))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from earmark.device.bench_topics import run_bench
 
@@ -191,6 +222,19 @@ def register(cli: Cli) -> None:
     p.add_argument("--limit", type=int, default=0, help="sample N items per split (0: all)")
     p.add_argument("--seed", type=int, default=7, help="seed for --limit sampling")
     p.add_argument("--data", metavar="DIR", help="directory of the evaluation sets")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        metavar="NAME",
+        help="evaluate only this set: held-out or a fresh set (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: the privacy gate's recall and false suppression at each model threshold"
+        " (choose the policy's on dev sets only: --set held-out --set fresh-dev)",
+    )
     p.add_argument(
         "--model-only",
         action="store_true",

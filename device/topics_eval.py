@@ -26,7 +26,12 @@ from earmark.device.topics import NONE_CLASS, TopicClassifier, TopicScores
 from earmark.errors import EarmarkError
 
 SPLITS = ("interest", "none", "sensitive")
-FRESH_SETS = {"fresh-dev": "fresh_dev.toml", "fresh-test": "fresh_test.toml"}
+FRESH_SETS = {
+    "fresh-dev": "fresh_dev.toml",  # tuned on
+    "fresh-test": "fresh_test.toml",  # never tuned on; its summary figures were seen in 1.1.0
+    "fresh-test-2": "fresh_test_2.toml",  # sealed: read once per model release
+}
+DEV_SETS = ("fresh-dev",)  # what a model build may look at
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 
@@ -169,6 +174,58 @@ class _Scored:
     decision: str  # with the suppress check, if any
     top_category: str
     model_decision: str  # the classifier's own
+
+
+SWEEP = (0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25, 0.30)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    threshold: float
+    recall: float
+    false_suppression: float
+
+
+def sweep(
+    clf: TopicClassifier,
+    splits: dict[str, list[HeldOut]],
+    other_layers: Suppress,
+    grid: Iterable[float] = SWEEP,
+) -> list[SweepPoint]:
+    """The gate's recall and false suppression if the model head fired at each threshold of
+    ``grid``: an utterance is suppressed when ``other_layers`` (the gate without its model layer)
+    fires or its highest sensitive score reaches the threshold. How the policy's
+    ``model_threshold`` is chosen, on dev sets only."""
+
+    def scored(items: list[HeldOut]) -> list[tuple[bool, float]]:
+        rows = []
+        for item in items:
+            scores = clf.classify(item.text)
+            fired = other_layers(item.text, scores) is not None
+            rows.append((fired, max(scores.sensitive.values())))
+        return rows
+
+    sensitive = scored(splits["sensitive"])
+    ordinary = scored(splits["interest"] + splits["none"])
+
+    def rate(rows: list[tuple[bool, float]], t: float) -> float:
+        return sum(hit or top >= t for hit, top in rows) / len(rows) if rows else 0.0
+
+    return [SweepPoint(t, rate(sensitive, t), rate(ordinary, t)) for t in grid]
+
+
+def format_sweep(points: dict[str, list[SweepPoint]], current: float) -> str:
+    names = list(points)
+    lines = [
+        f"gate recall / false suppression by model threshold (policy now {current:g}):",
+        "threshold  " + "".join(f"{n:>18}" for n in names),
+    ]
+    for k, t in enumerate(next(iter(points.values()))):
+        cells = "".join(
+            f"{points[n][k].recall:>11.3f} / {points[n][k].false_suppression:.3f}" for n in names
+        )
+        lines.append(f"{t.threshold:9.2f}  {cells}")
+    return "\n".join(lines)
 
 
 def format_eval(name: str, e: TopicEval) -> str:

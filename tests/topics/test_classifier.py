@@ -97,3 +97,21 @@ def test_test_and_fresh_utterances_are_not_in_the_training_data(shared_data: Pat
         assert sum(map(len, fresh.values())) > 500, name
         ours += [i.text for split in fresh.values() for i in split]
     assert [t for t in ours if topic_data.spoken(t) in seen] == []
+
+
+def test_heard_copies_come_from_training_sentences_only(shared_data: Path) -> None:
+    """The recogniser-output copies (natural_heard.jsonl) are trained on only for sentences that
+    are themselves trained on: never for one that is also evaluation or test text."""
+    import json
+
+    topic_data = load_recipe("topic_data")
+    rows = [json.loads(line) for line in topic_data.HEARD.read_text().splitlines()]
+    train, _ = topic_data.build_splits()
+    heard = {e.text for e in train if e.source == "natural+heard"}
+    assert len(heard) > 1000
+    banned = topic_data.never_train_on()
+    from_banned = {topic_data.spoken(r["heard"]) for r in rows if r["text"] in banned}
+    trained_sentences = {e.text for e in train if e.source == "natural"}
+    from_trained = {topic_data.spoken(r["heard"]) for r in rows if r["text"] in trained_sentences}
+    assert heard <= from_trained
+    assert not (heard & (from_banned - from_trained))

@@ -79,7 +79,9 @@ def test_classify_refuses_binary_input(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_eval_topics_reports_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "eval", "topics", "--limit", "40", "--json")
+    # every set but the sealed one, which is read once per model release (docs/topics.md)
+    sets = ("--set", "held-out", "--set", "fresh-dev", "--set", "fresh-test")
+    code, out, _ = _run(capsys, "eval", "topics", "--limit", "40", "--json", *sets)
     assert code == 0
     report = json.loads(out)
     assert set(report) == {"model", "held-out/text", "fresh-dev/text", "fresh-test/text"}
@@ -93,8 +95,10 @@ def test_eval_topics_reports_the_figures(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_eval_topics_model_only_is_the_head_alone(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "eval", "topics", "--limit", "30", "--json", "--model-only")
-    assert code == 0
+    code, out, _ = _run(
+        capsys, "eval", "topics", "--limit", "30", "--json", "--model-only", "--set", "fresh-dev"
+    )
+    assert code == 0 and set(json.loads(out)) == {"model", "fresh-dev/text"}
     for name, r in json.loads(out).items():
         if name != "model":
             assert r["sensitive_recall"] == r["model_sensitive_recall"], name
@@ -108,3 +112,20 @@ def test_bench_topics_prints_figures_against_the_baseline(
     assert code == 0
     assert "bare session.run (baseline)" in out and "overhead ratio" in out
     assert "model file" in out and "resident memory" in out
+
+
+def test_eval_topics_sweep_shows_the_gate_trade_off(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "eval", "topics", "--limit", "30", "--json", "--sweep", "--set", "fresh-dev"
+    )
+    assert code == 0
+    points = json.loads(out)["fresh-dev"]
+    assert len(points) >= 5
+    thresholds = [p["threshold"] for p in points]
+    assert thresholds == sorted(thresholds)
+    # a higher model threshold can only suppress less, of either kind
+    for lo, hi in zip(points, points[1:], strict=False):
+        assert hi["recall"] <= lo["recall"] and hi["false_suppression"] <= lo["false_suppression"]
+    assert points[0]["recall"] > 0.8 and points[-1]["false_suppression"] < 0.2
+    code, text, _ = _run(capsys, "eval", "topics", "--limit", "30", "--sweep", "--set", "fresh-dev")
+    assert code == 0 and "by model threshold (policy now" in text
