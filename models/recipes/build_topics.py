@@ -56,6 +56,10 @@ MEMBERS = 3
 # template split and the fresh dev set), leaving room for the gate's rules under the 0.05
 # target. Calibration data is too close to training to set it: there every threshold looks safe.
 FALSE_SUPPRESSION_BUDGET = 0.03
+# The interest threshold is raised until this share of no-interest utterances stays "none" on
+# every dev set: the target is 0.90, and the privacy gate's rules suppress a few more of them
+# (a suppressed utterance is not a "none" decision) than the sensitive head does.
+NONE_TARGET = 0.91
 # The encoder is fine-tuned on every natural training utterance (with its noisy copies) and this
 # many of the others: the templates and corpora are plentiful and alike, the natural ones are
 # what the device hears. One pass over about 30,000 utterances takes ~10 minutes on one core.
@@ -215,15 +219,19 @@ def sensitive_threshold(dev_ordinary: list[np.ndarray]) -> float:
 
 def interest_threshold(dev: list[tuple[np.ndarray, np.ndarray]]) -> float:
     """The tier-1 score threshold that best serves both kinds of ordinary utterance on the dev
-    sets: the mean over dev sets of (interest utterances published with the right tier-1) +
-    (no-interest utterances left at "none"); the lowest such threshold on a tie.
+    sets, the mean over dev sets of (interest utterances published with the right tier-1) +
+    (no-interest utterances left at "none"), raised if needed until "none" reaches
+    NONE_TARGET on every dev set.
 
     ``dev``: per dev set, (the top tier-1 score of each interest utterance, 0 where that tier-1
-    is wrong; the top tier-1 score of each no-interest utterance). Training-like calibration
-    data set it too low before: there every interest looks confident."""
+    is wrong; the top tier-1 score of each no-interest utterance, inf where the sensitive head
+    suppresses it). Training-like calibration data set it too low before: there every interest
+    looks confident."""
     grid = np.round(np.arange(0.2, 0.91, 0.01), 2)
     score = [np.mean([(r >= t).mean() + (n < t).mean() for r, n in dev]) for t in grid]
-    return float(grid[int(np.argmax(score))])
+    best = float(grid[int(np.argmax(score))])
+    enough = [float(t) for t in grid if all((n < t).mean() >= NONE_TARGET for _, n in dev)]
+    return max(best, enough[0]) if enough else best
 
 
 def dev_sets() -> list[dict[str, list[topics_eval.HeldOut]]]:
@@ -248,12 +256,16 @@ def choose_thresholds(
             t1 = {k: interest(x[k]).numpy() @ roll for k in ("interest", "none")}
             want = np.array([tier1.index(i.expect) for i in dev["interest"]])
             right = np.where(t1["interest"].argmax(1) == want, t1["interest"].max(1), 0.0)
-            for_interest.append((right, t1["none"].max(1)))
-            ordinary = torch.cat([x["interest"], x["none"]])
-            for_sensitive.append(sensitive(ordinary).numpy().max(1))
+            none_sensitive = sensitive(x["none"]).numpy().max(1)
+            for_interest.append((right, t1["none"].max(1), none_sensitive))
+            interest_sensitive = sensitive(x["interest"]).numpy().max(1)
+            for_sensitive.append(np.concatenate([interest_sensitive, none_sensitive]))
+    s_threshold = sensitive_threshold(for_sensitive)
     return {
-        "interest": interest_threshold(for_interest),
-        "sensitive": sensitive_threshold(for_sensitive),
+        "interest": interest_threshold(
+            [(r, np.where(ns >= s_threshold, np.inf, n)) for r, n, ns in for_interest]
+        ),
+        "sensitive": s_threshold,
     }
 
 

@@ -115,3 +115,13 @@ def test_heard_copies_come_from_training_sentences_only(shared_data: Path) -> No
     from_trained = {topic_data.spoken(r["heard"]) for r in rows if r["text"] in trained_sentences}
     assert heard <= from_trained
     assert not (heard & (from_banned - from_trained))
+
+
+def test_the_device_publishes_at_the_model_s_interest_threshold(
+    classifier: TopicClassifier,
+) -> None:
+    """The privacy gate's interest bar (policy) is the threshold the build chose on the dev
+    sets, so `earmark eval topics` measures what the device does."""
+    from earmark.device.policy import load_policy
+
+    assert load_policy().min_score == classifier.thresholds.interest
