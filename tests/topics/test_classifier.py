@@ -19,14 +19,14 @@ def _top_tier1(clf: TopicClassifier, text: str) -> str:
 
 @pytest.mark.parametrize("tier1", sorted(INTEREST))
 def test_clear_utterances_land_in_their_tier1(classifier: TopicClassifier, tier1: str) -> None:
-    # Measured bar: topics-1.1.0 gets 0.91 of these natural utterances right overall and no
-    # category fewer than 9 of 12 (docs/topics.md); some misses are fair doubts ("must see
-    # places in barcelona" -> Attractions). Below 9 of 12 is a regression.
+    # Measured bar: topics-1.2.0 gets 0.955 of these natural utterances right overall and no
+    # category fewer than 11 of 12 (docs/topics.md); some misses are fair doubts ("must see
+    # places in barcelona" -> Attractions). Below 10 of 12 is a regression.
     texts = INTEREST[tier1]
     assert len(texts) == 12
     got = {t: _top_tier1(classifier, t) for t in texts}
     wrong = {t: g for t, g in got.items() if g != tier1}
-    assert len(wrong) <= 3, wrong
+    assert len(wrong) <= 2, wrong
 
 
 def test_clear_utterances_overall(classifier: TopicClassifier) -> None:
@@ -36,7 +36,7 @@ def test_clear_utterances_overall(classifier: TopicClassifier) -> None:
         ok and classifier.decide(classifier.classify(t))[0] == "publish"
         for ok, (_, t) in zip(right, pairs, strict=True)
     ]
-    assert sum(right) / len(pairs) >= 0.90
+    assert sum(right) / len(pairs) >= 0.93
     assert sum(published) / len(pairs) >= 0.80
 
 
