@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,10 @@ class SensitivePolicy:
     taxonomy_threshold: float
     rules: dict[str, tuple[str, ...]]  # category → terms
     allow: tuple[str, ...] = ()  # names removed before the rules run ("credit union")
+    # category → words with an everyday sense too ("sick", "strike", "died"): they fire only
+    # when the model also gives the category at least weak_rule_floor
+    weak_rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    weak_rule_floor: float = 0.0
 
     def threshold(self, category: str) -> float:
         return self.model_thresholds.get(category, self.model_threshold)
@@ -122,12 +126,18 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
         w, south, east, n = (float(x) for x in box)  # type: ignore[union-attr]
         enclaves.append(Enclave(name, e["country"], (w, south, east, n)))
     rules: dict[str, tuple[str, ...]] = {}
+    weak_rules: dict[str, tuple[str, ...]] = {}
     for cat, body in r.table("sensitive.rules", {}).items():
         r.check(cat in SENSITIVE_CATEGORIES, f"sensitive.rules.{cat}", "unknown category")
         terms = body.get("terms") if isinstance(body, dict) else None
         ok = isinstance(terms, list) and terms and all(isinstance(t, str) and t for t in terms)
         r.check(ok, f"sensitive.rules.{cat}.terms", "must be a non-empty list of strings")
         rules[cat] = tuple(terms)  # type: ignore[arg-type]
+        weak = body.get("weak", [])
+        ok = isinstance(weak, list) and all(isinstance(t, str) and t for t in weak)
+        r.check(ok, f"sensitive.rules.{cat}.weak", "must be a list of strings")
+        if weak:
+            weak_rules[cat] = tuple(weak)
     overrides = r.table("sensitive.model_thresholds", {})
     for cat, v in overrides.items():
         r.check(cat in SENSITIVE_CATEGORIES, "sensitive.model_thresholds", f"{cat!r}")
@@ -157,6 +167,8 @@ def parse_policy(data: dict[str, Any], source: str = "<policy>") -> Policy:
             taxonomy_threshold=r.unit("sensitive.taxonomy_threshold"),
             rules=rules,
             allow=tuple(_strings(r, "sensitive.allow")),
+            weak_rules=weak_rules,
+            weak_rule_floor=r.unit("sensitive.weak_rule_floor") if weak_rules else 0.0,
         ),
         min_score=r.unit("interest.min_score"),
         max_tags_per_utterance=r.integer("interest.max_tags_per_utterance", lo=1),

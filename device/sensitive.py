@@ -4,6 +4,9 @@
    category in ``earmark.taxonomy.SENSITIVE_CATEGORIES``, against the policy's thresholds.
 2. **rules**: terms and phrases the project writes (conditions, medications, faiths and places
    of worship, orientations, parties and campaigns, unions, records), as data in the policy.
+   Words with an everyday sense too ("sick", "strike", "died": the policy's ``weak`` lists)
+   fire only when the model gives their category at least ``weak_rule_floor``: "that's a
+   sick trick" scores near zero for health, "he's been sick for weeks" does not.
 3. **taxonomy**: any scored topic that the taxonomy flags sensitive (or does not know).
 
 Layered for recall: a model can miss "the cancer center", a word list can miss a paraphrase.
@@ -54,16 +57,28 @@ class SensitiveFilter:
         self.policy = policy
         self.taxonomy = taxonomy
         self.rules = {cat: compile_terms(terms) for cat, terms in policy.rules.items()}
+        self.weak = {cat: compile_terms(terms) for cat, terms in policy.weak_rules.items()}
         self.allow = compile_terms(policy.allow) if policy.allow else None
 
-    def rule_hits(self, text: str) -> list[SensitiveHit]:
+    def rule_hits(self, text: str, scores: TopicScores | None = None) -> list[SensitiveHit]:
+        """Categories whose terms occur in ``text``. Without ``scores`` a weak term always
+        fires (the rules alone, as strict as they can be)."""
         norm = text.replace("’", "'")
         if self.allow is not None:
             norm = self.allow.sub(" ", norm)
-        return [
+        floor = self.policy.weak_rule_floor
+        hits = [
             SensitiveHit(cat, "rules", "term")
             for cat, pattern in self.rules.items()
             if pattern.search(norm)
+        ]
+        fired = {h.category for h in hits}
+        return hits + [
+            SensitiveHit(cat, "rules", "weak term")
+            for cat, pattern in self.weak.items()
+            if cat not in fired
+            and pattern.search(norm)
+            and (scores is None or scores.sensitive.get(cat, 1.0) >= floor)
         ]
 
     def model_hits(self, scores: TopicScores) -> list[SensitiveHit]:
@@ -89,4 +104,4 @@ class SensitiveFilter:
 
     def check(self, text: str, scores: TopicScores) -> list[SensitiveHit]:
         """Every layer that fires (empty: not sensitive). Model first: it is the cheapest."""
-        return self.model_hits(scores) + self.taxonomy_hits(scores) + self.rule_hits(text)
+        return self.model_hits(scores) + self.taxonomy_hits(scores) + self.rule_hits(text, scores)

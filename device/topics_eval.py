@@ -28,10 +28,12 @@ from earmark.errors import EarmarkError
 SPLITS = ("interest", "none", "sensitive")
 FRESH_SETS = {
     "fresh-dev": "fresh_dev.toml",  # tuned on
+    "fresh-dev-2": "fresh_dev_2.toml",  # tuned on: the privacy policy's look-alike words
     "fresh-test": "fresh_test.toml",  # never tuned on; its summary figures were seen in 1.1.0
-    "fresh-test-2": "fresh_test_2.toml",  # sealed: read once per model release
+    "fresh-test-2": "fresh_test_2.toml",  # read for topics-1.2.0; the policy's weak words since
+    "fresh-test-3": "fresh_test_3.toml",  # sealed: read once per release
 }
-DEV_SETS = ("fresh-dev",)  # what a model build may look at
+DEV_SETS = ("fresh-dev",)  # what a model build may look at (1.2.0 predates fresh-dev-2)
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 

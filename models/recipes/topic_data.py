@@ -50,7 +50,14 @@ HEARD = HERE / "natural_heard.jsonl"
 # device's sensitive head would learn to flag garbled speech.
 MAX_HEARD_WER = 0.5
 FRESH_SETS = [
-    HERE.parent / "data" / f for f in ("fresh_dev.toml", "fresh_test.toml", "fresh_test_2.toml")
+    HERE.parent / "data" / f
+    for f in (
+        "fresh_dev.toml",
+        "fresh_dev_2.toml",
+        "fresh_test.toml",
+        "fresh_test_2.toml",
+        "fresh_test_3.toml",
+    )
 ]
 TEST_CASES = HERE.parents[1] / "tests" / "topics" / "cases.py"
 

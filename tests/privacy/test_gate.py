@@ -95,3 +95,32 @@ def test_empty_text_is_not_published_without_scores(parts: PrivacyParts, classif
     scores = classifier.classify("what is the weather tomorrow")
     d = parts.gate.decide(text, scores, NEW_YORK, T0)
     assert not d.allowed and d.reason == "no_interest"
+
+
+@pytest.mark.parametrize(
+    ("everyday", "sensitive", "category"),
+    [
+        (
+            "that was a sick trick on the half pipe",
+            "he's been off sick with the flu all week",
+            "health",
+        ),
+        (
+            "the bowling league had a strike contest",
+            "we're going on strike next week over pay",
+            "trade_union",
+        ),
+        ("my phone battery died again", "my grandad died on tuesday", "iab_sensitive"),
+    ],
+)
+def test_weak_rule_words_fire_only_when_the_model_leans_that_way(
+    parts: PrivacyParts, classifier, everyday: str, sensitive: str, category: str
+) -> None:
+    sf: SensitiveFilter = parts.gate.sensitive
+    word = next(w for w in sf.policy.weak_rules[category] if w.rstrip("*") in everyday.split())
+    assert word.rstrip("*") in sensitive.split()  # the same word in both
+    calm = classifier.classify(everyday)
+    assert calm.sensitive[category] < sf.policy.weak_rule_floor
+    assert sf.rule_hits(everyday, calm) == []
+    assert [h.category for h in sf.rule_hits(everyday)] == [category]  # rules alone: strict
+    assert sf.check(sensitive, classifier.classify(sensitive))  # in context it is caught

@@ -84,8 +84,13 @@ def test_validator_and_json_schema_agree(validator, taxonomy, n_tags, window_s, 
         and not isinstance(value, bool)
         and 0 <= value <= 2**40 and value % window_s
     ) or (key == "tags.+" and value in [t["id"] for t in obj["tags"][:-1]])  # fmt: skip
+    # JSON Schema counts 0.0 as an integer; earmark's validator refuses a float where the wire
+    # has an integer (as it refuses true for 1)
+    integral_float = isinstance(value, float) and value.is_integer() and not drop
     if only_validator_rules:
         assert schema_ok and not validator_ok
+    elif integral_float and key in ("v", "seq", "window_start", "window_s"):
+        assert not validator_ok
     else:
         assert schema_ok == validator_ok, (key, value, obj)
 
