@@ -88,8 +88,11 @@ def render(manifest: dict, splits: dict) -> str:
         "test: natural utterances written later by someone who saw neither the training data "
         "nor the dev set, never used to tune anything (`fresh_test.toml`; its summary figures "
         "were seen during earlier builds). Fresh test 2: written by another independent writer, "
-        "sealed: a build never reads it, `build_topics.py --report` does, once per release "
-        "(`fresh_test_2.toml`).",
+        "read for this release; the privacy policy's weak rule words answer what it showed "
+        "(`fresh_test_2.toml`). Fresh dev 2: a third of its ordinary utterances hold words that "
+        "only look sensitive; used to tune the policy (`fresh_dev_2.toml`). Fresh test 3: "
+        "another writer, sealed: a build never reads it, `build_topics.py --report` does, once "
+        "per release (`fresh_test_3.toml`).",
         "",
     ]
     cols = [
@@ -97,8 +100,10 @@ def render(manifest: dict, splits: dict) -> str:
         for title, key in [
             ("held-out", "heldout_text"),
             ("fresh dev", "fresh-dev_text"),
+            ("fresh dev 2", "fresh-dev-2_text"),
             ("fresh test", "fresh-test_text"),
-            ("fresh test 2 (sealed)", "fresh-test-2_text"),
+            ("fresh test 2", "fresh-test-2_text"),
+            ("fresh test 3 (sealed)", "fresh-test-3_text"),
         ]
         if key in manifest
     ]
