@@ -161,7 +161,11 @@ def test_events_do_not_depend_on_how_frames_are_cut(sizes: list[int], gaps: list
         events += ep.feed(AudioFrame(pcm[at : at + n], at / 2 / SAMPLE_RATE))
         at, i = at + n, i + 1
     got = [(round(s, 3), round(e, 3)) for s, e, _ in spans(events + ep.flush())]
-    assert got == reference
+    # the same events at the same times, to the millisecond (times are sums of float frame
+    # offsets, so a rounded 3.0395 can come out 3.039 or 3.040 depending on the cuts)
+    assert len(got) == len(reference)
+    for g, r in zip(got, reference, strict=True):
+        assert g == pytest.approx(r, abs=0.0011)
     # a gap shorter than the silence timeout joins speech; a longer one separates it
     assert len(reference) == 1 + sum(g >= 0.7 + 0.02 for g in gaps[:-1]) or any(
         abs(g - 0.7) < 0.05 for g in gaps
