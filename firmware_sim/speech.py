@@ -74,13 +74,18 @@ def clip_path(text: str) -> Path:
     return cache_dir() / f"{digest}.wav"
 
 
-def _render(text: str) -> bytes:
-    """Synthesise ``text`` to 16 kHz mono int16 PCM."""
+def render(
+    text: str,
+    noise_scale: float = NOISE_SCALE,
+    noise_w_scale: float = NOISE_W_SCALE,
+    length_scale: float = LENGTH_SCALE,
+) -> bytes:
+    """Synthesise ``text`` to 16 kHz mono int16 PCM (uncached; the defaults are the clips')."""
     from piper import SynthesisConfig
 
     voice = _load_voice()
     cfg = SynthesisConfig(
-        noise_scale=NOISE_SCALE, noise_w_scale=NOISE_W_SCALE, length_scale=LENGTH_SCALE
+        noise_scale=noise_scale, noise_w_scale=noise_w_scale, length_scale=length_scale
     )
     resampler = Resampler(voice.config.sample_rate, SAMPLE_RATE)
     parts: list[bytes] = []
@@ -100,7 +105,7 @@ def synthesize(text: str) -> Path:
     path = clip_path(text)
     if path.exists():
         return path
-    pcm = _render(text)
+    pcm = render(text)
     # write to a temporary name, then rename: a killed run never leaves half a clip behind
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
     os.close(fd)

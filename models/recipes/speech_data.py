@@ -33,13 +33,12 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from earmark.device.audio import SAMPLE_RATE, Resampler, WavSource, to_int16_bytes, write_wav
+from earmark.device.audio import WavSource, write_wav
 from earmark.device.stt import SttEngine, engine_for, utterances
 from earmark.device.wer import corpus_wer
-from earmark.firmware_sim.speech import _load_voice
+from earmark.firmware_sim import speech
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,17 +59,7 @@ def length_scale(text: str) -> float:
 
 def render(text: str, length: float) -> bytes:
     """``text`` spoken by the bundled voice with generator noise on, as 16 kHz mono int16 PCM."""
-    from piper import SynthesisConfig
-
-    voice = _load_voice()
-    cfg = SynthesisConfig(noise_scale=NOISE_SCALE, noise_w_scale=NOISE_W_SCALE, length_scale=length)
-    resampler = Resampler(voice.config.sample_rate, SAMPLE_RATE)
-    parts = [
-        to_int16_bytes(resampler.process(chunk.audio_float_array.astype(np.float64)))
-        for chunk in voice.synthesize(text, syn_config=cfg)
-    ]
-    parts.append(to_int16_bytes(resampler.flush()))
-    return b"".join(parts)
+    return speech.render(text, NOISE_SCALE, NOISE_W_SCALE, length)
 
 
 def hear(pcm: bytes, engine: SttEngine, workdir: Path) -> str:
