@@ -180,13 +180,14 @@ def _sweep(clf: TopicClassifier, sets: dict, as_json: bool) -> int:
     import dataclasses
     import math
 
+    from earmark.device.policy import load_policy
+    from earmark.device.sensitive import SensitiveFilter
     from earmark.device.topics_eval import format_sweep, sweep
 
-    gate = _sensitive_filter(clf)
-    policy = gate.policy
-    others = type(gate)(
-        dataclasses.replace(policy, model_threshold=math.inf, model_thresholds={}), clf.taxonomy
-    )
+    policy = load_policy().sensitive
+    # the gate without its model layer: rules (weak words still read the model) and taxonomy
+    without_model = dataclasses.replace(policy, model_threshold=math.inf, model_thresholds={})
+    others = SensitiveFilter(without_model, clf.taxonomy)
 
     def other_layers(text: str, scores: TopicScores) -> str | None:
         hits = others.check(text, scores)
