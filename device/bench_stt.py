@@ -107,14 +107,9 @@ def _bare_sphinx(engine: object, pcm: bytes) -> str:
 
 
 def _earmark_pass(engine: object, clips: list[tuple[Path, str]]) -> list[str]:
-    from earmark.device.stt import utterances
+    from earmark.device.stt import heard_text
 
-    texts = []
-    for path, _ in clips:
-        source = open_audio(path)
-        texts.append(" ".join(u.text for u in utterances(source, engine)))  # type: ignore[arg-type]
-        source.close()
-    return texts
+    return [heard_text(open_audio(path), engine) for path, _ in clips]  # type: ignore[arg-type]
 
 
 def measure(engine_name: str, vosk_model: str | None, rounds: int, data_dir: Path) -> EngineFigures:

@@ -96,19 +96,14 @@ def _sensitive_filter(clf: TopicClassifier) -> SensitiveFilter:
 def _speech_texts(engine_name: str) -> object:
     """Replace each held-out text by what the recogniser heard from synthesised speech."""
     from earmark.device.audio import WavSource
-    from earmark.device.stt import engine_for, utterances
+    from earmark.device.stt import engine_for, heard_text
     from earmark.firmware_sim.speech import synthesize_many
 
     engine = engine_for(engine_name)
 
     def heard(items: list) -> Iterable[str]:
-        paths = synthesize_many([i.text for i in items])
-        for path in paths:
-            source = WavSource(path)
-            try:
-                yield " ".join(u.text for u in utterances(source, engine))
-            finally:
-                source.close()
+        for path in synthesize_many([i.text for i in items]):
+            yield heard_text(WavSource(path), engine)
 
     return heard
 
@@ -142,14 +137,14 @@ def _eval(args: argparse.Namespace) -> int:
             name: {k: rng.sample(v, min(args.limit, len(v))) for k, v in splits.items()}
             for name, splits in sets.items()
         }
+    if args.sweep:
+        return _sweep(clf, sets, args.json)
     gate = None if args.model_only else _sensitive_filter(clf)
 
     def suppress(text: str, scores: TopicScores) -> str | None:
         hits = gate.check(text, scores) if gate else []
         return hits[0].reason if hits else None
 
-    if args.sweep:
-        return _sweep(clf, sets, args.json)
     results = {}
     for name, splits in sets.items():
         results[f"{name}/text"] = evaluate(

@@ -301,3 +301,12 @@ def utterances(
     for frame in source.frames():
         yield from handle(endpointer.feed(frame))
     yield from handle(endpointer.flush())
+
+
+def heard_text(source: AudioSource, engine: SttEngine, vad: VadConfig | None = None) -> str:
+    """The words of every utterance in ``source`` joined ("" when none heard), ``source``
+    closed: what the device's recogniser makes of a whole recording."""
+    try:
+        return " ".join(u.text for u in utterances(source, engine, vad))
+    finally:
+        source.close()

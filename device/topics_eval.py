@@ -1,12 +1,12 @@
 """Quality of the topic model on the evaluation sets in models/data/ (never trained on).
 
-Three sets, none of them ever trained on: the held-out splits the build writes
+None of these sets is ever trained on: the held-out splits the build writes
 (``heldout_*.jsonl``: corpus items split per intent, and template utterances whose topic phrase
-and frame training never saw); the fresh dev set (``fresh_dev.toml``): natural utterances
-written independently of the training data, used to tune; and the fresh test set
-(``fresh_test.toml``), written later still, seen by nobody who tuned anything. Shared by
-`earmark eval topics` and the build recipe (which writes the figures into the model card), so
-both measure the same way.
+and frame training never saw), and the fresh sets in ``FRESH_SETS``: natural utterances, each
+set by a writer who saw neither the training data nor the other sets. Dev sets are tuned on;
+the sealed set (``SEALED_SET``) is read once per release (docs/topics.md says what was tuned on
+what). Shared by `earmark eval topics` and the build recipe (which writes the figures into the
+model card), so both measure the same way.
 
 A decision is the classifier's own (`TopicClassifier.decide`) unless a ``suppress`` check is
 given: the CLI passes the privacy gate's layered filter, which is how the device decides. The
@@ -34,6 +34,7 @@ FRESH_SETS = {
     "fresh-test-3": "fresh_test_3.toml",  # sealed: read once per release
 }
 DEV_SETS = ("fresh-dev",)  # what a model build may look at (1.2.0 predates fresh-dev-2)
+SEALED_SET = "fresh-test-3"
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 

@@ -385,7 +385,7 @@ def finish(n_train: int, n_fit: int, thresholds: dict[str, float], test_sets: bo
     }
     (OUT / "model.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     (OUT / "MODEL_CARD.md").write_text(model_card.render(manifest, splits), encoding="utf-8")
-    print(f"wrote {OUT / MODEL_FILE}: {len(blob) / 1e6:.1f} MB sha256 {manifest['sha256'][:16]}…")
+    print(f"{OUT / MODEL_FILE}: {len(blob) / 1e6:.1f} MB sha256 {manifest['sha256'][:16]}…")
     return 0
 
 

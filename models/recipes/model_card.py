@@ -6,6 +6,7 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+from earmark.device import topics_eval
 from earmark.taxonomy import load_taxonomy
 
 HERE = Path(__file__).resolve().parent
@@ -95,18 +96,11 @@ def render(manifest: dict, splits: dict) -> str:
         "per release (`fresh_test_3.toml`).",
         "",
     ]
-    cols = [
-        (title, manifest[key])
-        for title, key in [
-            ("held-out", "heldout_text"),
-            ("fresh dev", "fresh-dev_text"),
-            ("fresh dev 2", "fresh-dev-2_text"),
-            ("fresh test", "fresh-test_text"),
-            ("fresh test 2", "fresh-test-2_text"),
-            ("fresh test 3 (sealed)", "fresh-test-3_text"),
-        ]
-        if key in manifest
-    ]
+    titles = {"heldout": "held-out"} | {
+        name: name.replace("-", " ") + (" (sealed)" if name == topics_eval.SEALED_SET else "")
+        for name in topics_eval.FRESH_SETS
+    }
+    cols = [(t, manifest[f"{k}_text"]) for k, t in titles.items() if f"{k}_text" in manifest]
     lines += [
         "| measure | " + " | ".join(t for t, _ in cols) + " | target |",
         "|---|" + "---|" * len(cols) + "---|",

@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from earmark.device.audio import WavSource, write_wav
-from earmark.device.stt import SttEngine, engine_for, utterances
+from earmark.device.stt import SttEngine, engine_for, heard_text
 from earmark.device.wer import corpus_wer
 from earmark.firmware_sim import speech
 
@@ -66,11 +66,9 @@ def hear(pcm: bytes, engine: SttEngine, workdir: Path) -> str:
     """What the recogniser makes of a clip: its utterances' words, joined ("" if none)."""
     path = workdir / "clip.wav"
     write_wav(path, pcm)
-    source = WavSource(path)
     try:
-        return " ".join(u.text for u in utterances(source, engine))
+        return heard_text(WavSource(path), engine)
     finally:
-        source.close()
         path.unlink()
 
 

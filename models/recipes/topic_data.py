@@ -11,8 +11,9 @@ Why it is built like this:
 - Natural utterances (natural/*.toml: whole sentences people say, hard negatives that only look
   sensitive) go to training only, with extra noisy copies: templates alone taught the heads
   the frames, not how people talk. Their held-out counterparts are the fresh sets
-  (models/data/fresh_dev.toml, fresh_test.toml), written separately; nothing in them, and no
-  utterance of the tests (tests/topics/cases.py), is ever trained on.
+  (models/data/fresh_*.toml, listed in earmark.device.topics_eval.FRESH_SETS), written
+  separately; nothing in them, and no utterance of the tests (tests/topics/cases.py), is ever
+  trained on.
 - The natural sentences are also trained on as PocketSphinx heard them from Piper speech
   (natural_heard.jsonl, made by speech_data.py): the device's real input has recognition
   errors that the simulated noise does not imitate ("krispy kreme" -> "crispy cream").
@@ -31,6 +32,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from earmark.device import topics_eval
 from earmark.device.topics import normalise
 
 HERE = Path(__file__).resolve().parent
@@ -49,16 +51,8 @@ HEARD = HERE / "natural_heard.jsonl"
 # A transcript that lost more than this share of its words teaches a label for noise; the
 # device's sensitive head would learn to flag garbled speech.
 MAX_HEARD_WER = 0.5
-FRESH_SETS = [
-    HERE.parent / "data" / f
-    for f in (
-        "fresh_dev.toml",
-        "fresh_dev_2.toml",
-        "fresh_test.toml",
-        "fresh_test_2.toml",
-        "fresh_test_3.toml",
-    )
-]
+# every fresh evaluation set, dev and test alike (earmark eval topics reads the same list)
+FRESH_SETS = [HERE.parent / "data" / f for f in topics_eval.FRESH_SETS.values()]
 TEST_CASES = HERE.parents[1] / "tests" / "topics" / "cases.py"
 
 

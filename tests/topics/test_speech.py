@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from earmark.device.audio import WavSource
-from earmark.device.stt import engine_for, utterances
+from earmark.device.stt import engine_for, heard_text
 from earmark.device.topics import TopicClassifier
 
 # (spoken sentence, expected tier-1 or decision); not in the training data
@@ -22,14 +22,8 @@ def heard() -> list[str]:
     from earmark.firmware_sim.speech import synthesize_many
 
     engine = engine_for("pocketsphinx")
-    out = []
-    for path in synthesize_many([s for s, _ in SPOKEN], progress=False):
-        source = WavSource(path)
-        try:
-            out.append(" ".join(u.text for u in utterances(source, engine)))
-        finally:
-            source.close()
-    return out
+    paths = synthesize_many([s for s, _ in SPOKEN], progress=False)
+    return [heard_text(WavSource(path), engine) for path in paths]
 
 
 @pytest.mark.slow
