@@ -116,6 +116,7 @@ def _eval(args: argparse.Namespace) -> int:
     from earmark.device.topics import TopicClassifier
     from earmark.device.topics_eval import (
         FRESH_SETS,
+        POLICY_DEV_SETS,
         SPLITS,
         evaluate,
         format_eval,
@@ -126,7 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
     clf = TopicClassifier.load(args.model)
     data = Path(args.data) if args.data else None
     known = ["held-out", *FRESH_SETS]
-    chosen = args.sets or known
+    # a sweep is for choosing the policy's threshold: by default it reads only the dev sets
+    chosen = args.sets or (["held-out", *POLICY_DEV_SETS] if args.sweep else known)
     if unknown := sorted(set(chosen) - set(known)):
         raise EarmarkError(f"unknown evaluation set {unknown[0]!r}; choose from {', '.join(known)}")
     sets = {"held-out": {s: load_split(s, data) for s in SPLITS}} if "held-out" in chosen else {}
@@ -228,8 +230,8 @@ def register(cli: Cli) -> None:
     p.add_argument(
         "--sweep",
         action="store_true",
-        help="instead: the privacy gate's recall and false suppression at each model threshold"
-        " (choose the policy's on dev sets only: --set held-out --set fresh-dev)",
+        help="instead: the privacy gate's recall and false suppression at each model threshold,"
+        " by default on the dev sets the policy's threshold is chosen on",
     )
     p.add_argument(
         "--model-only",

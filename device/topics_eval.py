@@ -30,11 +30,16 @@ FRESH_SETS = {
     "fresh-dev": "fresh_dev.toml",  # tuned on
     "fresh-dev-2": "fresh_dev_2.toml",  # tuned on: the privacy policy's look-alike words
     "fresh-test": "fresh_test.toml",  # never tuned on; its summary figures were seen in 1.1.0
-    "fresh-test-2": "fresh_test_2.toml",  # read for topics-1.2.0; the policy's weak words since
-    "fresh-test-3": "fresh_test_3.toml",  # sealed: read once per release
+    "fresh-test-2": "fresh_test_2.toml",  # read for topics-1.2.0; a dev set since 1.3.0
+    "fresh-test-3": "fresh_test_3.toml",  # read for policy 2026.11.5; a dev set since 1.3.0
+    "fresh-test-4": "fresh_test_4.toml",  # sealed: read once per release
 }
-DEV_SETS = ("fresh-dev",)  # what a model build may look at (1.2.0 predates fresh-dev-2)
-SEALED_SET = "fresh-test-3"
+# What a model build chooses its thresholds on (with the held-out split): the sets written to the
+# sealed set's brief. Fresh dev 2 is a third look-alike words, a stress test for the policy.
+DEV_SETS = ("fresh-dev", "fresh-test-2", "fresh-test-3")
+# What the privacy policy's threshold, floor and rules are chosen on (with the held-out split).
+POLICY_DEV_SETS = ("fresh-dev", "fresh-dev-2", "fresh-test-2", "fresh-test-3")
+SEALED_SET = "fresh-test-4"
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 

@@ -84,16 +84,16 @@ def render(manifest: dict, splits: dict) -> str:
         "## Evaluation (text; never trained on; the model head alone decides suppression)",
         "",
         "Held-out: corpus items split per intent and template utterances with unseen topic "
-        "phrases and frames (`models/data/heldout_*.jsonl`). Fresh dev: natural utterances "
-        "written independently of the training data, used to tune (`fresh_dev.toml`). Fresh "
-        "test: natural utterances written later by someone who saw neither the training data "
-        "nor the dev set, never used to tune anything (`fresh_test.toml`; its summary figures "
-        "were seen during earlier builds). Fresh test 2: written by another independent writer, "
-        "read for this release; the privacy policy's weak rule words answer what it showed "
-        "(`fresh_test_2.toml`). Fresh dev 2: a third of its ordinary utterances hold words that "
-        "only look sensitive; used to tune the policy (`fresh_dev_2.toml`). Fresh test 3: "
-        "another writer, sealed: a build never reads it, `build_topics.py --report` does, once "
-        "per release (`fresh_test_3.toml`).",
+        "phrases and frames (`models/data/heldout_*.jsonl`). Each fresh set is natural speech "
+        "by its own writer, who saw neither the training data nor another set. Fresh dev: used "
+        "to tune (`fresh_dev.toml`). Fresh test: never used to tune anything; its summary "
+        "figures were seen during earlier builds (`fresh_test.toml`). Fresh dev 2: a third of "
+        "its ordinary utterances hold words that only look sensitive; used to tune the privacy "
+        "policy (`fresh_dev_2.toml`). Fresh test 2 and 3: each read once as a sealed set (for "
+        "topics-1.2.0 and policy 2026.11.5), dev sets since: this release chose its thresholds "
+        "and the policy its rules on them (`fresh_test_2.toml`, `fresh_test_3.toml`). Fresh "
+        "test 4: the same brief, sealed: a build never reads it, `build_topics.py --report` "
+        "does, once per release (`fresh_test_4.toml`).",
         "",
     ]
     titles = {"heldout": "held-out"} | {
