@@ -9,9 +9,9 @@ pass on the training labels (finetune.py); export it to ONNX and quantise it to 
 training utterances with that int8 encoder, one utterance at a time exactly as the device runs
 it (so the heads learn the artifact's own embeddings); train an interest softmax head (targetable
 tags + "none") and a sensitive sigmoid head; pick both thresholds on the dev sets (held-out
-split, fresh dev set); append both heads to the encoder graph; write the artifact, its SHA-256
-and the model card with dev-set figures. The test sets are read only by ``--report``, on the
-built artifact.
+split and ``topics_eval.DEV_SETS``); append both heads to the encoder graph; write the
+artifact, its SHA-256 and the model card with dev-set figures. The test sets are read only
+by ``--report``, on the built artifact.
 Seeded throughout: the same inputs give the same artifact.
 """
 
@@ -44,7 +44,7 @@ from earmark.device import topics_eval  # noqa: E402
 from earmark.device.topics import MAX_TOKENS, MODEL_FILE, NONE_CLASS, TOKENIZER_FILE  # noqa: E402
 from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy  # noqa: E402
 
-VERSION = "topics-1.2.0"
+VERSION = "topics-1.3.0"
 OUT = HERE.parent / "topics"
 DATA = HERE.parent / "data"
 HIDDEN = 512
@@ -53,7 +53,7 @@ EPOCHS = 10  # more epochs fit the training style better and natural speech wors
 # natural speech swung by 0.015 between seeds; the mean is steadier. ~0.85 MB per member.
 MEMBERS = 3
 # The sensitive threshold spends this false-suppression budget on each dev set (the held-out
-# template split and the fresh dev set), leaving room for the gate's rules under the 0.05
+# template split and the fresh dev sets), leaving room for the gate's rules under the 0.05
 # target. Calibration data is too close to training to set it: there every threshold looks safe.
 FALSE_SUPPRESSION_BUDGET = 0.03
 # The interest threshold is raised until this share of no-interest utterances stays "none" on
@@ -235,7 +235,7 @@ def interest_threshold(dev: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def dev_sets() -> list[dict[str, list[topics_eval.HeldOut]]]:
-    """The held-out split and the fresh dev set: what a build may choose thresholds on."""
+    """The held-out split and the fresh dev sets: what a build may choose thresholds on."""
     held = {s: topics_eval.load_split(s, DATA) for s in topics_eval.SPLITS}
     return [held, *(topics_eval.load_fresh(name, DATA) for name in topics_eval.DEV_SETS)]
 
