@@ -4,7 +4,7 @@ None of these sets is ever trained on: the held-out splits the build writes
 (``heldout_*.jsonl``: corpus items split per intent, and template utterances whose topic phrase
 and frame training never saw), and the fresh sets in ``FRESH_SETS``: natural utterances, each
 set by a writer who saw neither the training data nor the other sets. Dev sets are tuned on;
-the sealed set (``SEALED_SET``) is read once per release (docs/topics.md says what was tuned on
+the sealed sets (``SEALED_SETS``) are read once per release (docs/topics.md says what was tuned on
 what). Shared by `earmark eval topics` and the build recipe (which writes the figures into the
 model card), so both measure the same way.
 
@@ -32,14 +32,17 @@ FRESH_SETS = {
     "fresh-test": "fresh_test.toml",  # never tuned on; its summary figures were seen in 1.1.0
     "fresh-test-2": "fresh_test_2.toml",  # read for topics-1.2.0; a dev set since 1.3.0
     "fresh-test-3": "fresh_test_3.toml",  # read for policy 2026.11.5; a dev set since 1.3.0
-    "fresh-test-4": "fresh_test_4.toml",  # sealed: read once per release
+    "fresh-test-4": "fresh_test_4.toml",  # read for topics-1.3.0; a dev set since 1.4.0
+    "fresh-test-5": "fresh_test_5.toml",  # sealed: read once per release
+    "fresh-test-6": "fresh_test_6.toml",  # sealed: read once per release
 }
 # What a model build chooses its thresholds on (with the held-out split): the sets written to the
-# sealed set's brief. Fresh dev 2 is a third look-alike words, a stress test for the policy.
-DEV_SETS = ("fresh-dev", "fresh-test-2", "fresh-test-3")
+# sealed sets' brief. Fresh dev 2 is a third look-alike words, a stress test for the policy.
+DEV_SETS = ("fresh-dev", "fresh-test-2", "fresh-test-3", "fresh-test-4")
 # What the privacy policy's threshold, floor and rules are chosen on (with the held-out split).
-POLICY_DEV_SETS = ("fresh-dev", "fresh-dev-2", "fresh-test-2", "fresh-test-3")
-SEALED_SET = "fresh-test-4"
+POLICY_DEV_SETS = ("fresh-dev", "fresh-dev-2", "fresh-test-2", "fresh-test-3", "fresh-test-4")
+# Two writers, so the claim does not rest on one writer's style (fresh test 4 fell far below 3).
+SEALED_SETS = ("fresh-test-5", "fresh-test-6")
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 

@@ -89,15 +89,15 @@ def render(manifest: dict, splits: dict) -> str:
         "to tune (`fresh_dev.toml`). Fresh test: never used to tune anything; its summary "
         "figures were seen during earlier builds (`fresh_test.toml`). Fresh dev 2: a third of "
         "its ordinary utterances hold words that only look sensitive; used to tune the privacy "
-        "policy (`fresh_dev_2.toml`). Fresh test 2 and 3: each read once as a sealed set (for "
-        "topics-1.2.0 and policy 2026.11.5), dev sets since: this release chose its thresholds "
-        "and the policy its rules on them (`fresh_test_2.toml`, `fresh_test_3.toml`). Fresh "
-        "test 4: the same brief, sealed: a build never reads it, `build_topics.py --report` "
-        "does, once per release (`fresh_test_4.toml`).",
+        "policy (`fresh_dev_2.toml`). Fresh tests 2, 3 and 4: each read once as a sealed set "
+        "(for topics-1.2.0, policy 2026.11.5 and topics-1.3.0), dev sets since: this release "
+        "chose its thresholds and the policy its rules on them (`fresh_test_{2,3,4}.toml`). "
+        "Fresh tests 5 and 6: the same brief, two more writers, sealed: a build never reads "
+        "them, `build_topics.py --report` does, once per release (`fresh_test_{5,6}.toml`).",
         "",
     ]
     titles = {"heldout": "held-out"} | {
-        name: name.replace("-", " ") + (" (sealed)" if name == topics_eval.SEALED_SET else "")
+        name: name.replace("-", " ") + (" (sealed)" if name in topics_eval.SEALED_SETS else "")
         for name in topics_eval.FRESH_SETS
     }
     cols = [(t, manifest[f"{k}_text"]) for k, t in titles.items() if f"{k}_text" in manifest]
