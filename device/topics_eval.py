@@ -33,16 +33,25 @@ FRESH_SETS = {
     "fresh-test-2": "fresh_test_2.toml",  # read for topics-1.2.0; a dev set since 1.3.0
     "fresh-test-3": "fresh_test_3.toml",  # read for policy 2026.11.5; a dev set since 1.3.0
     "fresh-test-4": "fresh_test_4.toml",  # read for topics-1.3.0; a dev set since 1.4.0
-    "fresh-test-5": "fresh_test_5.toml",  # sealed: read once per release
-    "fresh-test-6": "fresh_test_6.toml",  # sealed: read once per release
+    "fresh-test-5": "fresh_test_5.toml",  # read for topics-1.4.0; a dev set since 1.5.0
+    "fresh-test-6": "fresh_test_6.toml",  # read for topics-1.4.0; a dev set since 1.5.0
+    "fresh-test-7": "fresh_test_7.toml",  # sealed: read once per release
+    "fresh-test-8": "fresh_test_8.toml",  # sealed: read once per release
 }
 # What a model build chooses its thresholds on (with the held-out split): the sets written to the
 # sealed sets' brief. Fresh dev 2 is a third look-alike words, a stress test for the policy.
-DEV_SETS = ("fresh-dev", "fresh-test-2", "fresh-test-3", "fresh-test-4")
+DEV_SETS = (
+    "fresh-dev",
+    "fresh-test-2",
+    "fresh-test-3",
+    "fresh-test-4",
+    "fresh-test-5",
+    "fresh-test-6",
+)
 # What the privacy policy's threshold, floor and rules are chosen on (with the held-out split).
-POLICY_DEV_SETS = ("fresh-dev", "fresh-dev-2", "fresh-test-2", "fresh-test-3", "fresh-test-4")
+POLICY_DEV_SETS = ("fresh-dev", "fresh-dev-2", *DEV_SETS[1:])
 # Two writers, so the claim does not rest on one writer's style (fresh test 4 fell far below 3).
-SEALED_SETS = ("fresh-test-5", "fresh-test-6")
+SEALED_SETS = ("fresh-test-7", "fresh-test-8")
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 
