@@ -49,7 +49,7 @@ DEV_SETS = (
     "fresh-test-6",
 )
 # What the privacy policy's threshold, floor and rules are chosen on (with the held-out split).
-POLICY_DEV_SETS = ("fresh-dev", "fresh-dev-2", *DEV_SETS[1:])
+POLICY_DEV_SETS = tuple(n for n in FRESH_SETS if n in DEV_SETS or n == "fresh-dev-2")
 # Two writers, so the claim does not rest on one writer's style (fresh test 4 fell far below 3).
 SEALED_SETS = ("fresh-test-7", "fresh-test-8")
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
@@ -204,6 +204,8 @@ class SweepPoint:
     threshold: float
     recall: float
     false_suppression: float
+    n_sensitive: int = 0
+    n_ordinary: int = 0
 
 
 def sweep(
@@ -231,10 +233,29 @@ def sweep(
     def rate(rows: list[tuple[bool, float]], t: float) -> float:
         return sum(hit or top >= t for hit, top in rows) / len(rows) if rows else 0.0
 
-    return [SweepPoint(t, rate(sensitive, t), rate(ordinary, t)) for t in grid]
+    return [
+        SweepPoint(t, rate(sensitive, t), rate(ordinary, t), len(sensitive), len(ordinary))
+        for t in grid
+    ]
+
+
+def pooled(points: dict[str, list[SweepPoint]]) -> list[SweepPoint]:
+    """Every set's utterances together, per threshold: the policy's rule reads these."""
+
+    def together(at: list[SweepPoint]) -> SweepPoint:
+        ns, no = sum(p.n_sensitive for p in at), sum(p.n_ordinary for p in at)
+        caught = sum(p.recall * p.n_sensitive for p in at)
+        wrong = sum(p.false_suppression * p.n_ordinary for p in at)
+        return SweepPoint(
+            at[0].threshold, caught / ns if ns else 0.0, wrong / no if no else 0.0, ns, no
+        )
+
+    return [together(list(at)) for at in zip(*points.values(), strict=True)]
 
 
 def format_sweep(points: dict[str, list[SweepPoint]], current: float) -> str:
+    if len(points) > 1:
+        points = {**points, "all together": pooled(points)}
     names = list(points)
     lines = [
         f"gate recall / false suppression by model threshold (policy now {current:g}):",

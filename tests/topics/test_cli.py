@@ -127,5 +127,21 @@ def test_eval_topics_sweep_shows_the_gate_trade_off(capsys: pytest.CaptureFixtur
     for lo, hi in zip(points, points[1:], strict=False):
         assert hi["recall"] <= lo["recall"] and hi["false_suppression"] <= lo["false_suppression"]
     assert points[0]["recall"] > 0.8 and points[-1]["false_suppression"] < 0.2
+    assert all(p["n_sensitive"] == 30 and p["n_ordinary"] == 60 for p in points)
     code, text, _ = _run(capsys, "eval", "topics", "--limit", "30", "--sweep", "--set", "fresh-dev")
     assert code == 0 and "by model threshold (policy now" in text
+    assert "all together" not in text  # one set: nothing to pool
+
+
+def test_sweep_pools_sets_by_their_sizes() -> None:
+    """The policy's threshold rule reads every dev set's utterances together."""
+    from earmark.device.topics_eval import SweepPoint, format_sweep, pooled
+
+    points = {
+        "a": [SweepPoint(0.1, 1.0, 0.0, 10, 100)],
+        "b": [SweepPoint(0.1, 0.5, 0.1, 30, 300)],
+    }
+    (p,) = pooled(points)
+    assert (p.recall, p.n_sensitive, p.n_ordinary) == (0.625, 40, 400)
+    assert p.false_suppression == pytest.approx(0.075)
+    assert "all together" in format_sweep(points, 0.1).splitlines()[1]
