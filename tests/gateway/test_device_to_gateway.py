@@ -340,14 +340,6 @@ def test_three_devices_to_one_profile_through_the_gateway_command(
 # --- in-process gateway: the ACL, and a long offline backlog ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: Mosquitto sometimes answers a denied PUBLISH by closing the connection (its "
-    "log: 'Denied PUBLISH' then 'Bad socket read/write'; MQTT-3.3.5-2 allows it) instead of "
-    "PUBACK 0x87, and the device publisher takes that for a lost link and resends the same "
-    "batch forever, so the batches behind it never leave (seen from 2026-11-29 12:00 UTC, also "
-    "at 4910efe); the publisher must learn to set such a batch aside",
-)
 def test_a_device_cannot_write_into_another_devices_profile(
     gateway: tuple[Gateway, list[tuple[str, int]]],
     engine: Engine,
