@@ -12,6 +12,18 @@ gateway deduplicates.
 Session: ``clean_start=False`` with a session expiry, so the broker keeps the device's
 session (and QoS 1 state) across short drops. Presence: a retained ``online`` status on
 connect, and a retained ``offline`` will that the broker publishes if the device vanishes.
+
+A broker may refuse a PUBLISH by closing the connection instead of answering with a PUBACK
+reason code (MQTT-3.3.5-2; MQTT 3.1.1 brokers must, several v5 brokers do, and Mosquitto 2.0.11
+does after a denied publish when ``max_queued_messages`` is 0). Resending such a message forever
+would hold up everything queued behind it. So when a connection is lost while messages are in
+flight, the oldest of them becomes a *suspect*: on the next connections it is sent alone, and
+only after the broker has answered the ``online`` status there (so the connection itself
+works). If the broker closes ``set_aside_after`` such connections in a row with the suspect
+alone in flight, the suspect is set aside: dropped from the outbox and counted in the ledger
+as ``refused:connection_closed``, like any other refusal. A flaky link would have to cut
+exactly those connections, each after the status round trip and before the suspect's PUBACK,
+that many times in a row; any answer to the suspect (ack, refusal, hold) clears it.
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ def status_payload(online: bool) -> bytes:
 class PublisherStats:
     sent: int = 0  # acknowledged by the broker and removed from the outbox
     refused: int = 0  # refused for good by the broker (counted in the ledger)
+    set_aside: int = 0  # of those, refused by closing the connection on them, again and again
     held: int = 0  # PUBACKs saying "not delivered yet" (no subscriber, quota): resent later
     connects: int = 0
     connection_losses: int = 0
@@ -71,6 +84,7 @@ class Publisher:
         ledger: OutboxLedger | None = None,
         max_inflight: int = 64,
         backoff: tuple[float, float] = (0.5, 30.0),
+        set_aside_after: int = 5,
     ) -> None:
         self.outbox = outbox
         self.device_id = device_id
@@ -78,6 +92,7 @@ class Publisher:
         self.ledger = ledger if ledger is not None else outbox.ledger
         self.max_inflight = max_inflight
         self.backoff_min, self.backoff_max = backoff
+        self.set_aside_after = set_aside_after
         self.stats = PublisherStats()
         self.status_topic = topic_for(device_id, "status")
         self._client = self._make_client()
@@ -99,6 +114,9 @@ class Publisher:
         self._next_attempt = 0.0
         self._next_fill = 0.0  # monotonic time of the next periodic outbox read
         self._more = True  # the last read filled the window: more may be pending
+        self._suspect: int | None = None  # seq the broker may be closing connections on
+        self._suspect_closes = 0  # closes while the suspect alone was in flight
+        self._answered = False  # the broker answered the status on this connection
 
     # --- client setup -------------------------------------------------------------------
 
@@ -237,9 +255,32 @@ class Publisher:
 
     def _lost(self, why: str) -> None:
         if self._connected:  # on_disconnect has not seen it (e.g. a failed publish)
-            self.stats.connection_losses += 1
+            self._closed_under_us()
         self._connected = False
         self._schedule_retry(why)
+
+    def _closed_under_us(self) -> None:
+        """The connection was lost while the link was up: count it, and watch the suspect."""
+        self.stats.connection_losses += 1
+        waiting = sorted(seq for seq in self._inflight.values() if seq)
+        if not waiting:
+            return
+        head = waiting[0]
+        if head != self._suspect:
+            self._suspect, self._suspect_closes = head, 0  # next connection: send it alone
+            return
+        if len(waiting) == 1 and self._answered:
+            self._suspect_closes += 1
+        if self._suspect_closes >= self.set_aside_after:
+            log.error(
+                "broker closed the connection %d times on seq=%d alone; setting it aside",
+                self._suspect_closes,
+                head,
+            )
+            self._suspect = None
+            self.stats.refused += 1
+            self.stats.set_aside += 1
+            self.outbox.drop(head, "refused:connection_closed")
 
     def _drop_connection(self, will: bool) -> None:
         """Link gone: close without a clean DISCONNECT, as a dead radio would; the will fires."""
@@ -265,6 +306,8 @@ class Publisher:
 
     def _fill(self) -> None:
         room = self.max_inflight - len(self._inflight)
+        if self._suspect is not None:  # the suspect travels alone, once the link has proved
+            room = 1 if self._answered and not any(self._inflight.values()) else 0
         if room <= 0 or time.monotonic() < self._hold_until:
             return
         entries = self.outbox.pending(after=self._cursor, limit=room)
@@ -329,6 +372,7 @@ class Publisher:
         self._cursor = 0
         self._more = True
         self._connected = True
+        self._answered = False
         self.stats.connects += 1
         self.stats.last_error = None
         log.info(
@@ -350,7 +394,7 @@ class Publisher:
     ) -> None:
         if self._connected and not self._stopping.is_set() and self._link:
             log.warning("connection lost: %s", reason_code)
-            self.stats.connection_losses += 1
+            self._closed_under_us()
         self._connected = False  # loop() now fails and _lost() schedules the reconnect
 
     def _on_publish(
@@ -370,7 +414,10 @@ class Publisher:
             # accepts CONNECT and then drops us on every publish must not be hammered.
             self._delay = self.backoff_min
         if seq == 0:
+            self._answered = True  # a round trip: the connection itself works
             return
+        if seq == self._suspect:  # the broker answered it: whatever it said, not a suspect
+            self._suspect, self._suspect_closes = None, 0
         if reason_code.value == NO_SUBSCRIBERS:
             self._hold(seq, "no subscriber has the message yet")
         elif not reason_code.is_failure:

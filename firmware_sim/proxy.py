@@ -9,8 +9,11 @@ simulator points the device at :class:`LinkProxy` and can then
 * lose packets: TCP never delivers a stream with holes, so loss shows up as what it does to a
   TCP connection on a bad radio, a reset; each forwarded chunk resets its connection with
   probability ``loss`` (seeded, so runs repeat),
-* and capture every byte the device sent (``upstream``), which the privacy tests search for
-  transcript text.
+* capture every byte the device sent (``upstream``), which the privacy tests search for
+  transcript text,
+* and play a strict broker: with ``cut_publish_to`` set, a PUBLISH to a topic under that
+  prefix is not forwarded and the connection is reset instead, as a broker that refuses a
+  publish by closing the connection does (MQTT-3.3.5-2).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ class LinkProxy:
         seed: int = 0,
         capture: bool = True,
         name: str = "link",
+        cut_publish_to: str | None = None,
     ) -> None:
         self.target = target
         self.latency_s = latency_s
         self.loss = loss
         self.name = name
         self.capture = capture
+        self.cut_publish_to = cut_publish_to
+        self.cuts = 0  # connections reset on a PUBLISH under cut_publish_to
         self.upstream = bytearray()  # every byte the device sent through this link
         self.downstream_bytes = 0
         self.resets = 0
@@ -113,6 +119,7 @@ class LinkProxy:
     def _pump(
         self, src: socket.socket, dst: socket.socket, up: bool, pair: tuple[socket.socket, ...]
     ) -> None:
+        pending = bytearray()  # upstream bytes not yet parsed into whole MQTT packets
         try:
             while True:
                 data = src.recv(65536)
@@ -123,6 +130,14 @@ class LinkProxy:
                 if not self._up or (self.loss > 0 and self._rng.random() < self.loss):
                     self.resets += 1
                     break
+                if up and self.cut_publish_to is not None:
+                    pending += data
+                    cut = _forbidden_publish_at(pending, self.cut_publish_to.encode())
+                    if cut is not None:
+                        dst.sendall(data[: max(0, len(data) - (len(pending) - cut))])
+                        self.cuts += 1
+                        break
+                    del pending[: _whole_packets_end(pending)]
                 dst.sendall(data)
                 if up:
                     if self.capture:
@@ -135,6 +150,41 @@ class LinkProxy:
             _hard_close(s)
         with self._lock:
             self._conns = [s for s in self._conns if s not in pair]
+
+
+def _packets(buf: bytes | bytearray) -> list[tuple[int, int, int]]:
+    """(start, body start, end) of each whole MQTT packet at the front of ``buf``."""
+    out, pos = [], 0
+    while pos + 2 <= len(buf):
+        length, shift, i = 0, 0, pos + 1
+        while i < len(buf) and i < pos + 5:  # remaining length: 1 to 4 bytes, 7 bits each
+            length |= (buf[i] & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not buf[i - 1] & 0x80:
+                break
+        else:
+            break  # the length itself is incomplete
+        if i + length > len(buf):
+            break
+        out.append((pos, i, i + length))
+        pos = i + length
+    return out
+
+
+def _whole_packets_end(buf: bytearray) -> int:
+    found = _packets(buf)
+    return found[-1][2] if found else 0
+
+
+def _forbidden_publish_at(buf: bytearray, prefix: bytes) -> int | None:
+    """Offset in ``buf`` of the first whole PUBLISH whose topic starts with ``prefix``."""
+    for start, body, _ in _packets(buf):
+        if buf[start] >> 4 == 3:  # PUBLISH: topic = 2-byte length + UTF-8
+            size = int.from_bytes(buf[body : body + 2], "big")
+            if bytes(buf[body + 2 : body + 2 + size]).startswith(prefix):
+                return start
+    return None
 
 
 def _hard_close(s: socket.socket) -> None:
