@@ -217,8 +217,9 @@ def ledger_contributions(devs: list[Device]) -> set[tuple[str, int, str, float, 
 
 
 class Http:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, proc: GatewayProc | None = None) -> None:
         self.base = base
+        self.proc = proc  # whose state and log a refused connection reports
 
     def call(
         self, method: str, path: str, token: str | None = None, body: Any = None
@@ -234,6 +235,14 @@ class Http:
                 return r.status, json.loads(raw) if is_json else raw
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
+        except urllib.error.URLError as err:  # seen once (connection refused): say why
+            if self.proc is None or self.proc.proc is None:
+                raise
+            tail = self.proc.log.read_text(errors="replace")[-3000:]
+            raise AssertionError(
+                f"{method} {path}: {err.reason}; gateway exit code {self.proc.proc.poll()}, "
+                f"its log ends:\n{tail}"
+            ) from err
 
     def metric(self, name: str) -> float:
         text = self.call("GET", "/metrics")[1]
@@ -260,7 +269,7 @@ def gateway_cmd(
         wait_for(lambda: b"HTTP API on" in log.read_bytes(), 10, "HTTP API")
         port = re.search(rb"HTTP API on http://127\.0\.0\.1:(\d+)", log.read_bytes())
         assert port, log.read_text()
-        yield proc, Http(f"http://127.0.0.1:{int(port.group(1))}")
+        yield proc, Http(f"http://127.0.0.1:{int(port.group(1))}", proc)
     finally:
         proc.stop()
 
