@@ -23,7 +23,8 @@ works). If the broker closes ``set_aside_after`` such connections in a row with 
 alone in flight, the suspect is set aside: dropped from the outbox and counted in the ledger
 as ``refused:connection_closed``, like any other refusal. A flaky link would have to cut
 exactly those connections, each after the status round trip and before the suspect's PUBACK,
-that many times in a row; any answer to the suspect (ack, refusal, hold) clears it.
+that many times in a row; any answer to the suspect (ack, refusal, hold), or to the batch sent
+alone in its place once it has left the outbox, clears it.
 """
 
 from __future__ import annotations
@@ -157,6 +158,11 @@ class Publisher:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def suspect(self) -> int | None:
+        """The seq sent alone because the broker closed the connection on it, if any."""
+        return self._suspect
 
     def wait_drained(self, timeout: float) -> bool:
         """Block until the outbox is empty and nothing is in flight (or the timeout passes)."""
@@ -416,7 +422,9 @@ class Publisher:
         if seq == 0:
             self._answered = True  # a round trip: the connection itself works
             return
-        if seq == self._suspect:  # the broker answered it: whatever it said, not a suspect
+        if self._suspect is not None and seq >= self._suspect:
+            # the broker answered the suspect, whatever it said, or the one sent alone in its
+            # place because it left the outbox meanwhile (expired, revoked): not a suspect now
             self._suspect, self._suspect_closes = None, 0
         if reason_code.value == NO_SUBSCRIBERS:
             self._hold(seq, "no subscriber has the message yet")

@@ -127,6 +127,15 @@ def through(proxy: LinkProxy, device_id: str) -> BrokerConfig:
     return BrokerConfig.from_url(proxy.url, username=device_id, password=DEVICES[device_id])
 
 
+def forged_then_honest(box: Outbox, broker: Broker) -> LinkProxy:
+    """dev-0002's outbox: a batch forged for dev-0001's topic, then three of its own; and a
+    proxy playing a broker that refuses the forged one by closing the connection."""
+    box.put(batch("dev-0001"))
+    for _ in range(3):
+        box.put(batch("dev-0002"))
+    return LinkProxy((broker.host, broker.port), cut_publish_to="earmark/v1/dev-0001/")
+
+
 def test_a_batch_the_broker_keeps_closing_the_connection_on_is_set_aside(
     tmp_path: Path, secure_broker: Broker, collector: Collector
 ) -> None:
@@ -134,12 +143,7 @@ def test_a_batch_the_broker_keeps_closing_the_connection_on_is_set_aside(
     plays such a broker for the forged topic. The forged batch must not hold up the rest."""
     ledger = RecordingLedger()
     box = Outbox(tmp_path, ledger=ledger)
-    box.put(batch("dev-0001"))  # dev-0002 forging a batch for dev-0001's topic
-    for _ in range(3):
-        box.put(batch("dev-0002"))
-    strict = LinkProxy(
-        (secure_broker.host, secure_broker.port), cut_publish_to="earmark/v1/dev-0001/"
-    )
+    strict = forged_then_honest(box, secure_broker)
     try:
         pub = Publisher(
             box, "dev-0002", through(strict, "dev-0002"), backoff=(0.05, 0.2), set_aside_after=3
@@ -153,6 +157,28 @@ def test_a_batch_the_broker_keeps_closing_the_connection_on_is_set_aside(
     assert collector.wait_for(3) == [2, 3, 4]
     # closed once among the others, then three times alone on a connection that worked
     assert strict.cuts == 4 and pub.stats.set_aside == 1 and pub.stats.connection_losses == 4
+
+
+def test_a_suspect_that_leaves_the_outbox_meanwhile_ends_the_one_at_a_time_sending(
+    tmp_path: Path, secure_broker: Broker, collector: Collector
+) -> None:
+    """While a suspect travels alone it may expire or be revoked; the batch sent alone in its
+    place, once answered, must end the one-at-a-time sending."""
+    box = Outbox(tmp_path, ledger=RecordingLedger())
+    strict = forged_then_honest(box, secure_broker)
+    try:
+        pub = Publisher(
+            box, "dev-0002", through(strict, "dev-0002"), backoff=(0.05, 0.2), set_aside_after=99
+        ).start()
+        assert _wait(lambda: strict.cuts >= 2)  # the second cut: seq 1 was sent alone
+        assert pub.suspect == 1
+        box.drop(1, "expired")
+        assert pub.wait_drained(30), pub.stats
+        assert pub.suspect is None
+        pub.stop()
+    finally:
+        strict.close()
+    assert collector.wait_for(3) == [2, 3, 4]
 
 
 def test_a_flaky_link_sets_nothing_aside_and_keeps_the_order(
