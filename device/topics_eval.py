@@ -37,8 +37,10 @@ FRESH_SETS = {
     "fresh-test-6": "fresh_test_6.toml",  # read for topics-1.4.0; a dev set since 1.5.0
     "fresh-test-7": "fresh_test_7.toml",  # read for topics-1.5.0; a dev set since 1.6.0
     "fresh-test-8": "fresh_test_8.toml",  # read for topics-1.5.0; a dev set since 1.6.0
-    "fresh-test-9": "fresh_test_9.toml",  # sealed: read once per release
-    "fresh-test-10": "fresh_test_10.toml",  # sealed: read once per release
+    "fresh-test-9": "fresh_test_9.toml",  # read for topics-1.6.0; a dev set since 1.7.0
+    "fresh-test-10": "fresh_test_10.toml",  # read for topics-1.6.0; a dev set since 1.7.0
+    "fresh-test-11": "fresh_test_11.toml",  # sealed: read once per release
+    "fresh-test-12": "fresh_test_12.toml",  # sealed: read once per release
 }
 # What a model build chooses its thresholds on (with the held-out split): the sets written to the
 # sealed sets' brief. Fresh dev 2 is a third look-alike words, a stress test for the policy.
@@ -51,11 +53,13 @@ DEV_SETS = (
     "fresh-test-6",
     "fresh-test-7",
     "fresh-test-8",
+    "fresh-test-9",
+    "fresh-test-10",
 )
 # What the privacy policy's threshold, floor and rules are chosen on (with the held-out split).
 POLICY_DEV_SETS = tuple(n for n in FRESH_SETS if n in DEV_SETS or n == "fresh-dev-2")
 # Two writers, so the claim does not rest on one writer's style (fresh test 4 fell far below 3).
-SEALED_SETS = ("fresh-test-9", "fresh-test-10")
+SEALED_SETS = ("fresh-test-11", "fresh-test-12")
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 
