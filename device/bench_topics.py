@@ -38,10 +38,13 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000.0, q))
 
 
-def run_bench(model: str | None, n: int = 300, warmup: int = 30) -> str:
+def run_bench(model: str | None, n: int = 300, warmup: int = 30, against: str | None = None) -> str:
+    """``against``: another model directory (an earlier release, say) whose bare session call is
+    timed interleaved with the others on the same utterances, for a release-to-release ratio."""
     rss0 = _rss_mb()
     clf = TopicClassifier.load(model)
     rss1 = _rss_mb()
+    other = TopicClassifier.load(against) if against else None
     pool = [i.text for s in SPLITS for i in load_split(s)]
     random.Random(3).shuffle(pool)
     texts = [t for t in pool if len(clf.tokenizer.encode(t).ids) <= MAX_BENCH_TOKENS][:n]
@@ -50,8 +53,11 @@ def run_bench(model: str | None, n: int = 300, warmup: int = 30) -> str:
     for t, f in zip(texts[:warmup], feeds[:warmup], strict=False):
         clf.session.run(None, f)
         clf.decide(clf.classify(t))
+        if other:
+            other.session.run(None, other.encode(t))
     bare: list[float] = []
     full: list[float] = []
+    then: list[float] = []
     for t, f in tqdm(list(zip(texts, feeds, strict=True)), desc="bench topics", unit="utt"):
         t0 = time.perf_counter()
         clf.session.run(["interest", "sensitive"], f)
@@ -60,6 +66,11 @@ def run_bench(model: str | None, n: int = 300, warmup: int = 30) -> str:
         t2 = time.perf_counter()
         bare.append(t1 - t0)
         full.append(t2 - t1)
+        if other:
+            g = other.encode(t)
+            t3 = time.perf_counter()
+            other.session.run(["interest", "sensitive"], g)
+            then.append(time.perf_counter() - t3)
     rss2 = _rss_mb()
     model_path = Path(model) if model else default_model_dir()
     if model_path.is_dir():
@@ -73,6 +84,15 @@ def run_bench(model: str | None, n: int = 300, warmup: int = 30) -> str:
         f"{'bare session.run (baseline)':28s}{med_b:10.2f}{_pct(bare, 99):10.2f}",
         f"{'earmark classify + decide':28s}{med_f:10.2f}{_pct(full, 99):10.2f}",
         f"overhead ratio (median earmark / median bare): {med_f / med_b:.2f}x   (target <= 1.2x)",
+        *(
+            [
+                f"{other.version + ' bare':28s}{_pct(then, 50):10.2f}{_pct(then, 99):10.2f}",
+                f"bare {clf.version} / bare {other.version} (medians): "
+                f"{med_b / _pct(then, 50):.2f}x",
+            ]
+            if other
+            else []
+        ),
         "targets: median <= 5 ms, p99 <= 20 ms",
         f"model file {mb:.1f} MB (target <= 30 MB)",
         f"resident memory: {rss0:.0f} MB before load, {rss1:.0f} MB loaded "

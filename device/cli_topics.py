@@ -201,7 +201,7 @@ def _sweep(clf: TopicClassifier, sets: dict, as_json: bool) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from earmark.device.bench_topics import run_bench
 
-    print(run_bench(args.model, n=args.n, warmup=args.warmup))
+    print(run_bench(args.model, n=args.n, warmup=args.warmup, against=args.against))
     return 0
 
 
@@ -247,3 +247,8 @@ def register(cli: Cli) -> None:
     p.add_argument("--n", type=int, default=300, help="utterances to time")
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--model", metavar="DIR", help="model directory (default: shipped artifact)")
+    p.add_argument(
+        "--against",
+        metavar="DIR",
+        help="also time this model's bare session call, interleaved: a release-to-release ratio",
+    )

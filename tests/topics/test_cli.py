@@ -114,6 +114,18 @@ def test_bench_topics_prints_figures_against_the_baseline(
     assert "model file" in out and "resident memory" in out
 
 
+def test_bench_topics_against_another_model_prints_their_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from earmark.device.topics import default_model_dir
+
+    model = str(default_model_dir())
+    code, out, _ = _run(capsys, "bench", "topics", "--n", "10", "--warmup", "1", "--against", model)
+    assert code == 0
+    (ratio,) = [line for line in out.splitlines() if line.startswith("bare topics-")]
+    assert float(ratio.rsplit(" ", 1)[1].rstrip("x")) > 0
+
+
 def test_eval_topics_sweep_shows_the_gate_trade_off(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(
         capsys, "eval", "topics", "--limit", "30", "--json", "--sweep", "--set", "fresh-dev"
