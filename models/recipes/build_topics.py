@@ -8,10 +8,10 @@ Steps (each with a progress display): write the held-out splits; fine-tune all-M
 pass on the training labels (finetune.py); export it to ONNX and quantise it to int8; embed the
 training utterances with that int8 encoder, one utterance at a time exactly as the device runs
 it (so the heads learn the artifact's own embeddings); train an interest softmax head (targetable
-tags + "none") and a sensitive sigmoid head; pick both thresholds on the dev sets (held-out
-split and ``topics_eval.DEV_SETS``); append both heads to the encoder graph; write the
-artifact, its SHA-256 and the model card with dev-set figures. The test sets are read only
-by ``--report``, on the built artifact.
+tags + "none") and a sensitive sigmoid head; append both heads to the encoder graph (their
+first layer quantised too); pick both thresholds from that graph's scores on the dev sets
+(held-out split and ``topics_eval.DEV_SETS``); write the artifact, its SHA-256 and the model
+card with dev-set figures. The test sets are read only by ``--report``, on the built artifact.
 Seeded throughout: the same inputs give the same artifact.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -44,7 +45,7 @@ from earmark.device import topics_eval  # noqa: E402
 from earmark.device.topics import MAX_TOKENS, MODEL_FILE, NONE_CLASS, TOKENIZER_FILE  # noqa: E402
 from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy  # noqa: E402
 
-VERSION = "topics-1.6.0"
+VERSION = "topics-1.7.0"
 OUT = HERE.parent / "topics"
 DATA = HERE.parent / "data"
 HIDDEN = 512
@@ -109,6 +110,11 @@ def embed(model: Path, texts: list[str]) -> np.ndarray:
 
 
 def _embed(model: Path, texts: list[str]) -> np.ndarray:
+    return run_graph(model, texts, ["embedding"])[0]
+
+
+def run_graph(model: Path, texts: list[str], outputs: list[str]) -> list[np.ndarray]:
+    """``outputs`` of the graph for each text, one utterance at a time as the device runs it."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(encoder.package_dir() / TOKENIZER_FILE))
@@ -117,11 +123,16 @@ def _embed(model: Path, texts: list[str]) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    out = np.zeros((len(texts), 384), dtype=np.float32)
-    for i, t in enumerate(tqdm(texts, desc="embed (int8 encoder)", unit="utt")):
+    rows: list[list[np.ndarray]] = []
+    for t in tqdm(texts, desc=f"run {model.stem} graph", unit="utt"):
         ids = np.asarray([tok.encode(t).ids], dtype=np.int64)
-        out[i] = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
-    return out
+        rows.append(
+            [
+                o[0]
+                for o in sess.run(outputs, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            ]
+        )
+    return [np.stack([r[k] for r in rows]).astype(np.float32) for k in range(len(outputs))]
 
 
 class Ensemble(torch.nn.Module):
@@ -131,6 +142,10 @@ class Ensemble(torch.nn.Module):
         super().__init__()
         self.members = torch.nn.ModuleList(members)
         self.act = act
+
+    @property
+    def n_out(self) -> int:
+        return int(self.members[0].l2.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = (lambda z: torch.softmax(z, -1)) if self.act == "Softmax" else torch.sigmoid
@@ -182,28 +197,50 @@ def train_head(x: np.ndarray, y: np.ndarray, kind: str, seed: int) -> Head:
     return head.eval()
 
 
-def head_nodes(ens: Ensemble, prefix: str, out: str) -> tuple[list, list]:
-    """Graph nodes computing ``ens`` from the encoder's "embedding" output into ``out``."""
-    nodes, inits, outs = [], [], []
-    attrs = {"axis": -1} if ens.act == "Softmax" else {}
-    for k, head in enumerate(ens.members):
-        p = f"{prefix}{k}"
+HEADS_MATMUL = "heads_first_layer"
+
+
+def head_nodes(heads: dict[str, Ensemble]) -> tuple[list, list]:
+    """Graph nodes computing every ensemble from the encoder's "embedding" output, each into the
+    output named by its key, as ``Ensemble.forward`` computes it.
+
+    The members' first layers are one matmul (their weights side by side) and each ensemble's
+    second layers one batched matmul over its members: 17 nodes instead of 38, which matters
+    when a single utterance makes each node's fixed cost larger than its arithmetic. The first
+    layer (4.7 MB of float weights, read once per utterance) is quantised with the encoder's
+    scheme by ``attach_heads``."""
+    nodes, inits = [], []
+    members = [m for ens in heads.values() for m in ens.members]
+    w1 = np.concatenate([m.l1.weight.detach().numpy().T for m in members], axis=1)
+    b1 = np.concatenate([m.l1.bias.detach().numpy() for m in members])
+    inits += [numpy_helper.from_array(w1, "heads_w1"), numpy_helper.from_array(b1, "heads_b1")]
+    split = np.array([len(e.members) * HIDDEN for e in heads.values()], dtype=np.int64)
+    inits.append(numpy_helper.from_array(split, "heads_split"))
+    parts = [f"{out}_hidden" for out in heads]
+    nodes += [
+        helper.make_node("MatMul", ["embedding", "heads_w1"], ["heads_h0"], name=HEADS_MATMUL),
+        helper.make_node("Add", ["heads_h0", "heads_b1"], ["heads_h1"]),
+        helper.make_node("Relu", ["heads_h1"], ["heads_h2"]),
+        helper.make_node("Split", ["heads_h2", "heads_split"], parts, axis=1),
+    ]
+    for (out, ens), part in zip(heads.items(), parts, strict=True):
+        k = len(ens.members)
+        w2 = np.stack([m.l2.weight.detach().numpy().T for m in ens.members])  # [k, hidden, n]
+        b2 = np.stack([m.l2.bias.detach().numpy() for m in ens.members])[:, None, :]
         inits += [
-            numpy_helper.from_array(head.l1.weight.detach().numpy().T.copy(), f"{p}_w1"),
-            numpy_helper.from_array(head.l1.bias.detach().numpy(), f"{p}_b1"),
-            numpy_helper.from_array(head.l2.weight.detach().numpy().T.copy(), f"{p}_w2"),
-            numpy_helper.from_array(head.l2.bias.detach().numpy(), f"{p}_b2"),
+            numpy_helper.from_array(np.array([-1, k, HIDDEN], dtype=np.int64), f"{out}_shape"),
+            numpy_helper.from_array(w2, f"{out}_w2"),
+            numpy_helper.from_array(b2, f"{out}_b2"),
         ]
+        attrs = {"axis": -1} if ens.act == "Softmax" else {}
         nodes += [
-            helper.make_node("MatMul", ["embedding", f"{p}_w1"], [f"{p}_h0"]),
-            helper.make_node("Add", [f"{p}_h0", f"{p}_b1"], [f"{p}_h1"]),
-            helper.make_node("Relu", [f"{p}_h1"], [f"{p}_h2"]),
-            helper.make_node("MatMul", [f"{p}_h2", f"{p}_w2"], [f"{p}_h3"]),
-            helper.make_node("Add", [f"{p}_h3", f"{p}_b2"], [f"{p}_logits"]),
-            helper.make_node(ens.act, [f"{p}_logits"], [f"{p}_p"], **attrs),
+            helper.make_node("Reshape", [part, f"{out}_shape"], [f"{out}_h3"]),  # [b, k, hidden]
+            helper.make_node("Transpose", [f"{out}_h3"], [f"{out}_h4"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", [f"{out}_h4", f"{out}_w2"], [f"{out}_h5"]),  # [k, b, n]
+            helper.make_node("Add", [f"{out}_h5", f"{out}_b2"], [f"{out}_logits"]),
+            helper.make_node(ens.act, [f"{out}_logits"], [f"{out}_p"], **attrs),
+            helper.make_node("ReduceMean", [f"{out}_p"], [out], axes=[0], keepdims=0),
         ]
-        outs.append(f"{p}_p")
-    nodes.append(helper.make_node("Mean", outs, [out]))
     return nodes, inits
 
 
@@ -240,9 +277,8 @@ def dev_sets() -> list[dict[str, list[topics_eval.HeldOut]]]:
     return [held, *(topics_eval.load_fresh(name, DATA) for name in topics_eval.DEV_SETS)]
 
 
-def choose_thresholds(
-    int8: Path, interest: Ensemble, sensitive: Ensemble, classes: list[str]
-) -> dict[str, float]:
+def choose_thresholds(model: Path, classes: list[str]) -> dict[str, float]:
+    """Both thresholds, from the scores the built graph itself gives the dev sets."""
     tax = load_taxonomy()
     tier1 = sorted({tax.node(c).tier1 for c in classes if c != NONE_CLASS})
     roll = np.zeros((len(classes), len(tier1)), dtype=np.float32)  # class -> its tier-1
@@ -250,16 +286,16 @@ def choose_thresholds(
         if cls != NONE_CLASS:
             roll[c, tier1.index(tax.node(cls).tier1)] = 1
     for_interest, for_sensitive = [], []
-    with torch.no_grad():
-        for dev in dev_sets():
-            x = {k: torch.from_numpy(embed(int8, [i.text for i in dev[k]])) for k in dev}
-            t1 = {k: interest(x[k]).numpy() @ roll for k in ("interest", "none")}
-            want = np.array([tier1.index(i.expect) for i in dev["interest"]])
-            right = np.where(t1["interest"].argmax(1) == want, t1["interest"].max(1), 0.0)
-            none_sensitive = sensitive(x["none"]).numpy().max(1)
-            for_interest.append((right, t1["none"].max(1), none_sensitive))
-            interest_sensitive = sensitive(x["interest"]).numpy().max(1)
-            for_sensitive.append(np.concatenate([interest_sensitive, none_sensitive]))
+    for dev in dev_sets():
+        out = {
+            k: run_graph(model, [i.text for i in dev[k]], ["interest", "sensitive"]) for k in dev
+        }
+        t1 = {k: out[k][0] @ roll for k in ("interest", "none")}
+        want = np.array([tier1.index(i.expect) for i in dev["interest"]])
+        right = np.where(t1["interest"].argmax(1) == want, t1["interest"].max(1), 0.0)
+        none_sensitive = out["none"][1].max(1)
+        for_interest.append((right, t1["none"].max(1), none_sensitive))
+        for_sensitive.append(np.concatenate([out["interest"][1].max(1), none_sensitive]))
     s_threshold = sensitive_threshold(for_sensitive)
     return {
         "interest": interest_threshold(
@@ -267,6 +303,35 @@ def choose_thresholds(
         ),
         "sensitive": s_threshold,
     }
+
+
+def attach_heads(int8: Path, heads: dict[str, Ensemble], dst: Path) -> None:
+    """The encoder graph with both heads appended, their first layer quantised like the encoder."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(int8))
+    g = model.graph
+    nodes, inits = head_nodes(heads)
+    g.node.extend(nodes)
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.extend(
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", ens.n_out])
+            for name, ens in heads.items()
+        ]
+    )
+    staged = dst.with_suffix(".float-heads.onnx")
+    onnx.save(model, str(staged))
+    quantize_dynamic(
+        str(staged),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        nodes_to_quantize=[HEADS_MATMUL],
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
+    staged.unlink()
 
 
 def tuned_encoder(
@@ -287,7 +352,10 @@ def tuned_encoder(
 
 
 def main() -> int:
-    torch.set_num_threads(1)  # a shared 2-core machine: more threads only thrash
+    # One thread by default: a shared 2-core machine thrashes with more. On a machine left to the
+    # build, EARMARK_BUILD_THREADS=2 fine-tunes faster (float sums in another order: the artifact
+    # can differ in its last bits from a one-thread build).
+    torch.set_num_threads(int(os.environ.get("EARMARK_BUILD_THREADS", "1")))
     random.seed(topic_data.SEED)
     np.random.seed(topic_data.SEED)
     tax = load_taxonomy()
@@ -312,35 +380,24 @@ def main() -> int:
         encoder.export_fp32(fp32, tuned_encoder(fit, y_fit, s_fit))
         encoder.quantise(fp32, int8)
         x_fit = embed(int8, [e.text for e in fit])
-        interest_head = train_ensemble(x_fit, y_fit, "softmax")
-        sensitive_head = train_ensemble(x_fit, s_fit, "sigmoid")
-        thresholds = choose_thresholds(int8, interest_head, sensitive_head, classes)
+        heads = {
+            "interest": train_ensemble(x_fit, y_fit, "softmax"),
+            "sensitive": train_ensemble(x_fit, s_fit, "sigmoid"),
+        }
+        full = Path(tmp) / "full.onnx"
+        attach_heads(int8, heads, full)
+        thresholds = choose_thresholds(full, classes)
         print("thresholds (chosen on the dev sets):", thresholds)
-
-        model = onnx.load(str(int8))
-        g = model.graph
-        n1, i1 = head_nodes(interest_head, "interest", "interest")
-        n2, i2 = head_nodes(sensitive_head, "sensitive", "sensitive")
-        g.node.extend(n1 + n2)
-        g.initializer.extend(i1 + i2)
-        del g.output[:]
-        g.output.extend(
-            [
-                helper.make_tensor_value_info(
-                    "interest", TensorProto.FLOAT, ["batch", len(classes)]
-                ),
-                helper.make_tensor_value_info(
-                    "sensitive", TensorProto.FLOAT, ["batch", len(SENSITIVE_CATEGORIES)]
-                ),
-            ]
-        )
+        model = onnx.load(str(full))
         meta = {
             "earmark.version": VERSION,
             "earmark.taxonomy_version": tax.version,
             "earmark.classes": json.dumps(classes),
             "earmark.sensitive_categories": json.dumps(list(SENSITIVE_CATEGORIES)),
             "earmark.thresholds": json.dumps(thresholds),
-            "earmark.encoder": "sentence-transformers/all-MiniLM-L6-v2, int8 dynamic",
+            "earmark.encoder": (
+                "sentence-transformers/all-MiniLM-L6-v2, fused attention, int8 per channel"
+            ),
         }
         for k, v in meta.items():
             model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))

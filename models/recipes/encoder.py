@@ -59,8 +59,11 @@ class Layer(nn.Module):
         def split(y: torch.Tensor) -> torch.Tensor:
             return y.view(b, t, self.heads, d).transpose(1, 2)
 
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1)
+        # k as [b, heads, d, t] in one permute, and the mask bias below built as BERT exports
+        # build it: the shapes onnxruntime's attention fusion (quantise) recognises.
+        q, v = split(self.q(x)), split(self.v(x))
+        k = self.k(x).view(b, t, self.heads, d).permute(0, 2, 3, 1)
+        att = torch.softmax(q @ k / math.sqrt(d) + bias, dim=-1)
         ctx = (att @ v).transpose(1, 2).reshape(b, t, h)
         x = self.ln1(x + self.o(ctx))
         return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
@@ -86,7 +89,7 @@ class MiniLMEmbedder(nn.Module):
         pos = torch.arange(t, device=input_ids.device).unsqueeze(0)
         x = self.ln(self.word(input_ids) + self.pos(pos) + self.typ.weight[0])
         mask = attention_mask.to(x.dtype)
-        bias = (1.0 - mask)[:, None, None, :] * -10000.0
+        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.layers:
             x = layer(x, bias)
         m = mask.unsqueeze(-1)
@@ -146,6 +149,39 @@ def export_fp32(path: Path, model: MiniLMEmbedder | None = None) -> None:
 
 
 def quantise(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Fuse each layer's attention, layer norms and GELU into onnxruntime's own operators, then
+    quantise the weights to int8 per output channel.
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    Fusion turns each layer's ~40 small nodes into a handful (one int8 matmul for q, k and v
+    together): 0.90x the bare latency on a CPU without VNNI. Per-channel scales keep the int8
+    encoder close to the float one (mean cosine 0.993 against 0.967 per tensor), at the same
+    speed and size. docs/topics.md has the measurements."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    cfg = json.loads((package_dir() / "config.json").read_text())
+    fused = optimizer.optimize_model(
+        str(src),
+        model_type="bert",
+        num_heads=cfg["num_attention_heads"],
+        hidden_size=cfg["hidden_size"],
+        opt_level=1,
+    )
+    found = fused.get_fused_operator_statistics().get("Attention", 0)
+    if found != cfg["num_hidden_layers"]:
+        raise RuntimeError(
+            f"attention fused in {found} of {cfg['num_hidden_layers']} layers: "
+            "the export no longer has the shape onnxruntime's fusion expects"
+        )
+    staged = dst.with_suffix(".fused.onnx")
+    fused.save_model_to_file(str(staged))
+    quantize_dynamic(
+        str(staged),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # the fused operators are onnxruntime's own, which onnx's shape inference cannot type
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    staged.unlink()

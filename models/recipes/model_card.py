@@ -87,7 +87,8 @@ def render(manifest: dict, splits: dict) -> str:
         f"SHA-256 `{manifest['sha256']}`",
         f"- taxonomy: `{manifest['taxonomy_version']}` (the runtime refuses any other)",
         "- graph: input_ids + attention_mask (int64) -> all-MiniLM-L6-v2, fine-tuned one pass "
-        "on earmark's labels (int8 dynamic quantisation) -> mean pooling + L2 norm -> "
+        "on earmark's labels (attention fused into onnxruntime's operator, int8 dynamic "
+        "quantisation per channel) -> mean pooling + L2 norm -> "
         "interest head (384-512-ReLU-softmax over "
         "the targetable tags + none) and sensitive head (384-512-ReLU-sigmoid over "
         "the sensitive categories), each the mean of three members trained from different "
