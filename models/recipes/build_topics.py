@@ -307,8 +307,6 @@ def choose_thresholds(model: Path, classes: list[str]) -> dict[str, float]:
 
 def attach_heads(int8: Path, heads: dict[str, Ensemble], dst: Path) -> None:
     """The encoder graph with both heads appended, their first layer quantised like the encoder."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model = onnx.load(str(int8))
     g = model.graph
     nodes, inits = head_nodes(heads)
@@ -323,14 +321,7 @@ def attach_heads(int8: Path, heads: dict[str, Ensemble], dst: Path) -> None:
     )
     staged = dst.with_suffix(".float-heads.onnx")
     onnx.save(model, str(staged))
-    quantize_dynamic(
-        str(staged),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        nodes_to_quantize=[HEADS_MATMUL],
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},
-    )
+    encoder.int8_per_channel(staged, dst, nodes=[HEADS_MATMUL])
     staged.unlink()
 
 

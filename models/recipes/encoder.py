@@ -156,8 +156,6 @@ def quantise(src: Path, dst: Path) -> None:
     together): 0.90x the bare latency on a CPU without VNNI. Per-channel scales keep the int8
     encoder close to the float one (mean cosine 0.993 against 0.967 per tensor), at the same
     speed and size. docs/topics.md has the measurements."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
     cfg = json.loads((package_dir() / "config.json").read_text())
@@ -176,12 +174,21 @@ def quantise(src: Path, dst: Path) -> None:
         )
     staged = dst.with_suffix(".fused.onnx")
     fused.save_model_to_file(str(staged))
+    int8_per_channel(staged, dst)
+    staged.unlink()
+
+
+def int8_per_channel(src: Path, dst: Path, nodes: list[str] | None = None) -> None:
+    """Dynamic int8 quantisation, weights per output channel; ``nodes``: only these (by name)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     quantize_dynamic(
-        str(staged),
+        str(src),
         str(dst),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        nodes_to_quantize=nodes,
         # the fused operators are onnxruntime's own, which onnx's shape inference cannot type
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    staged.unlink()
