@@ -96,6 +96,7 @@ def run_bench(model: str | None, n: int = 300, warmup: int = 30, against: str | 
         "targets: median <= 5 ms, p99 <= 20 ms",
         f"model file {mb:.1f} MB (target <= 30 MB)",
         f"resident memory: {rss0:.0f} MB before load, {rss1:.0f} MB loaded "
-        f"(+{rss1 - rss0:.0f} MB), {rss2:.0f} MB after the run",
+        f"(+{rss1 - rss0:.0f} MB), {rss2:.0f} MB after the run"
+        + (f" (with {other.version} loaded too)" if other else ""),
     ]
     return "\n".join(lines)

@@ -101,16 +101,12 @@ def embed(model: Path, texts: list[str]) -> np.ndarray:
             known = dict(zip(z["texts"].tolist(), z["vectors"], strict=True))
     new = sorted(set(texts) - known.keys())
     if new:
-        known.update(zip(new, _embed(model, new), strict=True))
+        known.update(zip(new, run_graph(model, new, ["embedding"])[0], strict=True))
         CACHE.mkdir(parents=True, exist_ok=True)
         keys = list(known)
         vectors = np.stack([known[k] for k in keys])
         np.savez(cached, texts=np.array(keys, dtype=object).astype(str), vectors=vectors)
     return np.stack([known[t] for t in texts]).astype(np.float32)
-
-
-def _embed(model: Path, texts: list[str]) -> np.ndarray:
-    return run_graph(model, texts, ["embedding"])[0]
 
 
 def run_graph(model: Path, texts: list[str], outputs: list[str]) -> list[np.ndarray]:
@@ -285,11 +281,17 @@ def choose_thresholds(model: Path, classes: list[str]) -> dict[str, float]:
     for c, cls in enumerate(classes):
         if cls != NONE_CLASS:
             roll[c, tier1.index(tax.node(cls).tier1)] = 1
+    devs = dev_sets()
+    # one session over every distinct dev text: the sets share some, and a session is a model load
+    texts = sorted({i.text for dev in devs for items in dev.values() for i in items})
+    interest, sensitive = run_graph(model, texts, ["interest", "sensitive"])
+    row = {t: n for n, t in enumerate(texts)}
     for_interest, for_sensitive = [], []
-    for dev in dev_sets():
-        out = {
-            k: run_graph(model, [i.text for i in dev[k]], ["interest", "sensitive"]) for k in dev
-        }
+    for dev in devs:
+        out = {}
+        for k, items in dev.items():
+            rows = [row[i.text] for i in items]
+            out[k] = (interest[rows], sensitive[rows])
         t1 = {k: out[k][0] @ roll for k in ("interest", "none")}
         want = np.array([tier1.index(i.expect) for i in dev["interest"]])
         right = np.where(t1["interest"].argmax(1) == want, t1["interest"].max(1), 0.0)
