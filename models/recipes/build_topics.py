@@ -45,7 +45,7 @@ from earmark.device import topics_eval  # noqa: E402
 from earmark.device.topics import MAX_TOKENS, MODEL_FILE, NONE_CLASS, TOKENIZER_FILE  # noqa: E402
 from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy  # noqa: E402
 
-VERSION = "topics-1.7.0"
+VERSION = "topics-1.8.0"
 OUT = HERE.parent / "topics"
 DATA = HERE.parent / "data"
 HIDDEN = 512
@@ -61,6 +61,10 @@ FALSE_SUPPRESSION_BUDGET = 0.03
 # every dev set: the target is 0.90, and the privacy gate's rules suppress a few more of them
 # (a suppressed utterance is not a "none" decision) than the sensitive head does.
 NONE_TARGET = 0.91
+# The interest threshold is the highest whose measure (below) is within this of the best: about
+# one standard error of that measure over the dev sets (some 7,000 interest and 2,900
+# no-interest utterances), the one-standard-error rule of model selection, on the safe side.
+INTEREST_TOLERANCE = 0.005
 # The encoder is fine-tuned on every natural training utterance (with its noisy copies) and this
 # many of the others: the templates and corpora are plentiful and alike, the natural ones are
 # what the device hears. One pass over about 30,000 utterances takes ~10 minutes on one core.
@@ -259,10 +263,16 @@ def interest_threshold(dev: list[tuple[np.ndarray, np.ndarray]]) -> float:
     ``dev``: per dev set, (the top tier-1 score of each interest utterance, 0 where that tier-1
     is wrong; the top tier-1 score of each no-interest utterance, inf where the sensitive head
     suppresses it). Training-like calibration data set it too low before: there every interest
-    looks confident."""
+    looks confident.
+
+    The measure is flat near its best (1.8.0: 1.892 at 0.56, 1.885 at 0.71), so its argmax is
+    noise, and a low one publishes misheard commands ("set an alarm" heard as "then award")
+    that text never shows. So: the highest threshold within INTEREST_TOLERANCE of the best;
+    publishing less is the safe side. Through speech the measure is as flat (topics-1.8.0 on
+    960 recognised dev utterances: 1.612 at 0.55, 1.604 at 0.65, 1.601 at 0.71)."""
     grid = np.round(np.arange(0.2, 0.91, 0.01), 2)
-    score = [np.mean([(r >= t).mean() + (n < t).mean() for r, n in dev]) for t in grid]
-    best = float(grid[int(np.argmax(score))])
+    score = np.array([np.mean([(r >= t).mean() + (n < t).mean() for r, n in dev]) for t in grid])
+    best = float(grid[np.flatnonzero(score >= score.max() - INTEREST_TOLERANCE).max()])
     enough = [float(t) for t in grid if all((n < t).mean() >= NONE_TARGET for _, n in dev)]
     return max(best, enough[0]) if enough else best
 

@@ -24,9 +24,9 @@ LICENSES = [
 ]
 
 WEAKNESSES = """\
-- The project's own utterances are template-built (topic phrase x frame) plus about 24,900
+- The project's own utterances are template-built (topic phrase x frame) plus about 29,500
   hand-written natural sentences (natural/*.toml), about 8,000 of them also trained on as
-  PocketSphinx heard them from one synthetic voice (natural_heard.jsonl; rounds five to eight
+  PocketSphinx heard them from one synthetic voice (natural_heard.jsonl; rounds five to nine
   have no such copies yet). Held-out template figures flatter the model; the fresh sets (natural
   speech written apart from training) are the honest measure.
 - Writers differ more than releases do: on writers nobody had seen the gate has caught 0.89
