@@ -30,9 +30,11 @@ WEAKNESSES = """\
   have no such copies yet). Held-out template figures flatter the model; the fresh sets (natural
   speech written apart from training) are the honest measure.
 - Writers differ more than releases do: on writers nobody had seen the gate has caught 0.89
-  to 0.98 of sensitive utterances over six releases (target 0.99; docs/topics.md has each
-  release on each sealed set), and one earlier sealed set (fresh test 4) stayed below 0.98 at
-  every threshold even after it became a dev set. Indirect mentions that need world
+  to 0.998 of sensitive utterances over seven releases (target 0.99; docs/topics.md has each
+  release on each sealed set). 1.8.0 meets it on its sealed tests 13 and 14, but 1.7.0 would
+  have too: those two writers are easier than tests 11 and 12, where 1.7.0 caught 0.980 and
+  0.984. One earlier sealed set (fresh test 4) stayed below 0.98 at every threshold even
+  after it became a dev set. Indirect mentions that need world
   knowledge ("a quiet room i can use five times a day") are what the model misses.
 - The natural training sentences and each fresh set were written by a handful of writers: other
   speakers, accents, topics and recognisers will differ. The speech-side copies come from one
