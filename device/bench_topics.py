@@ -40,7 +40,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def run_bench(model: str | None, n: int = 300, warmup: int = 30, against: str | None = None) -> str:
     """``against``: another model directory (an earlier release, say) whose bare session call is
-    timed interleaved with the others on the same utterances, for a release-to-release ratio."""
+    timed on the same utterances, alternating with this model's, for a release-to-release ratio."""
     rss0 = _rss_mb()
     clf = TopicClassifier.load(model)
     rss1 = _rss_mb()
