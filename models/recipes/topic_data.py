@@ -48,6 +48,10 @@ EXCLUDED_NODES = {"390"}  # Science > Weather: weather questions are no-interest
 SENSITIVE_FRAMES_PER_TOPIC = 12  # sensitive classes have many more topic phrases
 NATURAL_NOISY_COPIES = 4  # natural sentences are few next to the templates: weigh them up
 HEARD = HERE / "natural_heard.jsonl"
+# Corpus intents are mapped to a class whole, so some held-out "none" items are in fact an interest
+# ("what is the story of the movie titanic") or sensitive ("church with mom and dad on sunday").
+# Two annotators who saw only the label brief relabelled that split blind (heldout_audit.tsv).
+AUDIT = HERE / "heldout_audit.tsv"
 # A transcript that lost more than this share of its words teaches a label for noise; the
 # device's sensitive head would learn to flag garbled speech.
 MAX_HEARD_WER = 0.5
@@ -300,6 +304,23 @@ def heard_examples(sentences: set[str]) -> list[Example]:
     ]
 
 
+def audited(held: list[Example]) -> list[Example]:
+    """The held-out split as the audit labels it: an item moves to another class only when both
+    annotators gave it that class (the same tier-1 for interests), and is left out of evaluation
+    when both moved it but disagreed where to; one annotator's "none" keeps it "none"."""
+    if not AUDIT.exists():
+        return held
+    with AUDIT.open(encoding="utf-8", newline="") as f:
+        lines = (line for line in f if not line.startswith("#"))
+        verdict = {row["text"]: row["label"] for row in csv.DictReader(lines, delimiter="\t")}
+    out = []
+    for e in held:
+        label = verdict.get(e.text, e.label)
+        if label != "contested":
+            out.append(Example(e.text, label, e.source) if label != e.label else e)
+    return out
+
+
 def never_train_on() -> set[str]:
     """The fresh dev and test sets and every string in the topic tests, as recogniser text."""
     texts: list[str] = []
@@ -322,6 +343,7 @@ def build_splits() -> tuple[list[Example], list[Example]]:
     natural = natural_examples()
     train, held = s_tr + c_tr + taxonomy_examples(rng) + natural, s_ho + c_ho
     banned = {e.text for e in held} | never_train_on()
+    held = audited(held)
     kept = [e for e in train if e.text not in banned]
     # heard copies of sentences that are still trained on (never of evaluation text)
     heard = heard_examples({e.text for e in natural} - banned)
