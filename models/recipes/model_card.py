@@ -108,7 +108,9 @@ def render(manifest: dict, splits: dict) -> str:
         "## Evaluation (text; never trained on; the model head alone decides suppression)",
         "",
         "Held-out: corpus items split per intent and template utterances with unseen topic "
-        "phrases and frames (`models/data/heldout_*.jsonl`). Each fresh set is natural speech "
+        "phrases and frames (`models/data/heldout_*.jsonl`; its corpus `none` items as relabelled "
+        "by a blind two-annotator audit, `models/recipes/heldout_audit.tsv`). "
+        "Each fresh set is natural speech "
         "by its own writer, who saw neither the training data nor another set. Fresh dev: used "
         "to tune (`fresh_dev.toml`). Fresh test: never used to tune anything; its summary "
         "figures were seen during earlier builds (`fresh_test.toml`). Fresh dev 2: a third of "
@@ -116,7 +118,8 @@ def render(manifest: dict, splits: dict) -> str:
         "policy (`fresh_dev_2.toml`). "
         f"{_sets(spent)}: each read once as a sealed set for one release (docs/topics.md says "
         "which), dev sets since: this release chose its thresholds and the policy its rules on "
-        f"them. {_sets(topics_eval.SEALED_SETS)}: the same brief, new writers, sealed: a build "
+        f"them. {_sets(topics_eval.SEALED_SETS)}: new writers, a harder brief "
+        "(`models/data/briefs/sealed_set.md`), sealed: a build "
         "never reads them, `build_topics.py --report` does, once per release.",
         "",
     ]
