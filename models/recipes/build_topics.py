@@ -45,7 +45,7 @@ from earmark.device import topics_eval  # noqa: E402
 from earmark.device.topics import MAX_TOKENS, MODEL_FILE, NONE_CLASS, TOKENIZER_FILE  # noqa: E402
 from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy  # noqa: E402
 
-VERSION = "topics-1.8.0"
+VERSION = "topics-1.9.0"
 OUT = HERE.parent / "topics"
 DATA = HERE.parent / "data"
 HIDDEN = 512
