@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from earmark.device.topics import TopicClassifier, TopicInputError, normalise
-from earmark.device.topics_eval import FRESH_SETS, load_fresh
-from earmark.taxonomy import SENSITIVE_CATEGORIES
+from earmark.device.topics_eval import FRESH_SETS, SPLITS, load_fresh, load_split
+from earmark.taxonomy import SENSITIVE_CATEGORIES, load_taxonomy
 from tests.topics.cases import INTEREST, NO_INTEREST, SENSITIVE
 from tests.topics.recipes import load_recipe
 
@@ -115,6 +115,50 @@ def test_heard_copies_come_from_training_sentences_only(shared_data: Path) -> No
     from_trained = {topic_data.spoken(r["heard"]) for r in rows if r["text"] in trained_sentences}
     assert heard <= from_trained
     assert not (heard & (from_banned - from_trained))
+
+
+def test_the_committed_held_out_split_is_the_audited_build_output(shared_data: Path) -> None:
+    """models/data/heldout_*.jsonl are what the recipe writes, with the blind audit applied: a
+    corpus 'none' item both annotators moved is evaluated under its new class."""
+    topic_data = load_recipe("topic_data")
+    _, held = topic_data.build_splits()
+    built = {(e.text, e.label) for e in held}
+    committed = {(i.text, i.expect) for split in SPLITS for i in load_split(split)}
+    tax = load_taxonomy()
+
+    def expect(label: str) -> str:
+        if label == "none" or label.startswith("sensitive:"):
+            return label.split(":")[-1]
+        return tax.node(label).tier1
+
+    assert {(t, expect(label)) for t, label in built} == committed
+    assert ("what is the story of the movie titanic", "Entertainment") in committed
+    assert ("church with mom and dad on sunday", "religion") in committed
+
+
+def test_the_audit_moves_an_item_only_when_both_annotators_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic_data = load_recipe("topic_data")
+    audit = tmp_path / "audit.tsv"
+    audit.write_text(
+        "# a comment line\n"
+        "text\tannotator_1\tannotator_2\tlabel\n"
+        "play the new film\t324\t324\t324\n"
+        "the shop down the road\t473\tnone\tnone\n"
+        "headphones with a flat response\t596\t338\tcontested\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr(topic_data, "AUDIT", audit)
+    held = [
+        topic_data.Example(t, "none", "clinc150")
+        for t in ("play the new film", "the shop down the road", "headphones with a flat response")
+    ] + [topic_data.Example("set a timer", "none", "seed")]
+    assert [(e.text, e.label) for e in topic_data.audited(held)] == [
+        ("play the new film", "324"),
+        ("the shop down the road", "none"),
+        ("set a timer", "none"),
+    ]
 
 
 def test_the_device_publishes_at_the_model_s_interest_threshold(
