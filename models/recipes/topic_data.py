@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earmark.device import topics_eval
-from earmark.device.topics import normalise
+from earmark.device.topics import NONE_CLASS, normalise
 
 HERE = Path(__file__).resolve().parent
 # the shared data folder next to the repository, as tests/conftest.py finds it
@@ -305,19 +305,29 @@ def heard_examples(sentences: set[str]) -> list[Example]:
 
 
 def audited(held: list[Example]) -> list[Example]:
-    """The held-out split as the audit labels it: an item moves to another class only when both
-    annotators gave it that class (the same tier-1 for interests), and is left out of evaluation
-    when both moved it but disagreed where to; one annotator's "none" keeps it "none"."""
+    """The held-out split as the blind audit labels it. An item moves to another class only when
+    both annotators moved it there (for interests: to the same tier-1; the first annotator's tag
+    is kept), and is left out of evaluation when both moved it but to different classes; one
+    annotator's "none" keeps it "none"."""
     if not AUDIT.exists():
         return held
+    from earmark.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+
+    def kind(label: str) -> str:
+        return label if label.startswith("sensitive:") else tax.node(label).tier1
+
     with AUDIT.open(encoding="utf-8", newline="") as f:
-        lines = (line for line in f if not line.startswith("#"))
-        verdict = {row["text"]: row["label"] for row in csv.DictReader(lines, delimiter="\t")}
+        rows = csv.DictReader((line for line in f if not line.startswith("#")), delimiter="\t")
+        votes = {r["text"]: (r["annotator_1"], r["annotator_2"]) for r in rows}
     out = []
     for e in held:
-        label = verdict.get(e.text, e.label)
-        if label != "contested":
-            out.append(Example(e.text, label, e.source) if label != e.label else e)
+        a, b = votes.get(e.text, (NONE_CLASS, NONE_CLASS))
+        if NONE_CLASS in (a, b):
+            out.append(e)
+        elif kind(a) == kind(b):
+            out.append(Example(e.text, a, e.source))
     return out
 
 

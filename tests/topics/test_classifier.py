@@ -143,19 +143,28 @@ def test_the_audit_moves_an_item_only_when_both_annotators_agree(
     audit = tmp_path / "audit.tsv"
     audit.write_text(
         "# a comment line\n"
-        "text\tannotator_1\tannotator_2\tlabel\n"
-        "play the new film\t324\t324\t324\n"
-        "the shop down the road\t473\tnone\tnone\n"
-        "headphones with a flat response\t596\t338\tcontested\n",
+        "text\tannotator_1\tannotator_2\n"
+        "play the new film\t324\t324\n"
+        "a film night at the cinema\t324\tJLBCU7\n"
+        "the shop down the road\t473\tnone\n"
+        "headphones with a flat response\t596\t338\n",
         encoding="utf-8",
     )
     monkeypatch.setattr(topic_data, "AUDIT", audit)
     held = [
         topic_data.Example(t, "none", "clinc150")
-        for t in ("play the new film", "the shop down the road", "headphones with a flat response")
+        for t in (
+            "play the new film",
+            "a film night at the cinema",
+            "the shop down the road",
+            "headphones with a flat response",
+        )
     ] + [topic_data.Example("set a timer", "none", "seed")]
+    # same tag, or the same tier-1 (Movies is under Entertainment): moved; one "none": kept;
+    # two different tier-1s (Technology, Music under Entertainment): contested, left out
     assert [(e.text, e.label) for e in topic_data.audited(held)] == [
         ("play the new film", "324"),
+        ("a film night at the cinema", "324"),
         ("the shop down the road", "none"),
         ("set a timer", "none"),
     ]
