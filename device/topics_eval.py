@@ -43,8 +43,10 @@ FRESH_SETS = {
     "fresh-test-12": "fresh_test_12.toml",  # read for topics-1.7.0; a dev set since 1.8.0
     "fresh-test-13": "fresh_test_13.toml",  # read for topics-1.8.0; a dev set since 1.9.0
     "fresh-test-14": "fresh_test_14.toml",  # read for topics-1.8.0; a dev set since 1.9.0
-    "fresh-test-15": "fresh_test_15.toml",  # sealed, a harder brief: read once per release
-    "fresh-test-16": "fresh_test_16.toml",  # sealed, a harder brief: read once per release
+    "fresh-test-15": "fresh_test_15.toml",  # read for topics-1.9.0; a dev set after it
+    "fresh-test-16": "fresh_test_16.toml",  # read for topics-1.9.0; a dev set after it
+    "fresh-test-17": "fresh_test_17.toml",  # sealed, the harder brief: read once per release
+    "fresh-test-18": "fresh_test_18.toml",  # sealed, the harder brief: read once per release
 }
 # What a model build chooses its thresholds on (with the held-out split): the sets written to the
 # sealed sets' brief. Fresh dev 2 is a third look-alike words, a stress test for the policy.
@@ -63,11 +65,13 @@ DEV_SETS = (
     "fresh-test-12",
     "fresh-test-13",
     "fresh-test-14",
+    "fresh-test-15",
+    "fresh-test-16",
 )
 # What the privacy policy's threshold, floor and rules are chosen on (with the held-out split).
 POLICY_DEV_SETS = tuple(n for n in FRESH_SETS if n in DEV_SETS or n == "fresh-dev-2")
 # Two writers, so the claim does not rest on one writer's style (fresh test 4 fell far below 3).
-SEALED_SETS = ("fresh-test-15", "fresh-test-16")
+SEALED_SETS = ("fresh-test-17", "fresh-test-18")
 Suppress = Callable[[str, TopicScores], str | None]  # a reason when the utterance is sensitive
 
 
